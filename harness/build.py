@@ -1,0 +1,237 @@
+"""Kernel builds: one out-of-tree build directory per arch and config, reused from
+commit to commit; artifacts in a content-keyed cache; a failed build is a result."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import kconfig
+from harness.config import Arch, Lab, Variant
+from harness.gitrepo import Checkout, Commit
+from harness.ops import Ops
+from harness.progress import Progress
+from harness.results import Status, write_json
+
+OBJECT_RE = re.compile(r"^\s+(CC|AS|CC \[M\])\s")
+ERROR_RE = re.compile(r"(error:|Error \d+|\*\*\* |undefined reference|not found)")
+KBUILD_ENV = {"KBUILD_BUILD_USER": "bpflab", "KBUILD_BUILD_HOST": "bpflab",
+              "KBUILD_BUILD_TIMESTAMP": "1970-01-01", "LC_ALL": "C"}
+
+
+@dataclass(frozen=True)
+class Target:
+    commit: Commit
+    arch: Arch
+    variant: Variant
+
+    @property
+    def label(self) -> str:
+        return f"{self.arch.name} {self.commit.name} {self.variant.name}"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    target: Target
+    status: Status
+    key: str
+    log: Path
+    artifacts: Path | None = None
+    errors: tuple[str, ...] = ()
+    cached: bool = False
+    meta: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def image(self) -> Path | None:
+        return self.artifacts / "image" if self.artifacts else None
+
+
+def make_argv(arch: Arch, src: Path, build_dir: Path, jobs: int, ccache: bool,
+              *targets: str) -> list[str]:
+    """The make command line for one arch; the same compiler for config and build."""
+    argv = ["make", "-C", str(src), f"O={build_dir}", f"ARCH={arch.linux_arch}", f"-j{jobs}"]
+    if arch.cross_prefix:
+        argv.append(f"CROSS_COMPILE={arch.cross_prefix}")
+    if ccache:
+        argv += [f"CC=ccache {arch.cross_prefix}gcc", "HOSTCC=ccache gcc"]
+    return argv + list(targets)
+
+
+def first_errors(log_lines: list[str], limit: int = 8) -> tuple[str, ...]:
+    """The compiler's first complaints, else the end of the log."""
+    hits = [line.strip() for line in log_lines if ERROR_RE.search(line)]
+    return tuple(hits[:limit] or [line.strip() for line in log_lines[-limit:]])
+
+
+def compiler_version(ops: Ops, arch: Arch) -> str:
+    out = ops.run([f"{arch.cross_prefix}gcc", "--version"], quiet=True)
+    return out.stdout.splitlines()[0].strip()
+
+
+def parse_ccache_stats(text: str) -> dict[str, int]:
+    """`ccache --print-stats` (tab-separated) into hits and misses."""
+    raw = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("\t")
+        if value.strip().isdigit():
+            raw[key.strip()] = int(value)
+    hits = raw.get("direct_cache_hit", 0) + raw.get("preprocessed_cache_hit", 0)
+    return {"hits": hits, "misses": raw.get("cache_miss", 0)}
+
+
+@dataclass
+class Builder:
+    lab: Lab
+    ops: Ops
+    checkout: Checkout
+
+    @property
+    def fragments(self) -> list[Path]:
+        return list(self.lab.build.fragments)
+
+    def frags_for(self, arch: Arch) -> list[Path]:
+        return self.fragments + [arch.fragment]
+
+    def jobs(self) -> int:
+        return self.lab.build.jobs or os.cpu_count() or 1
+
+    def key(self, target: Target) -> str:
+        arch = target.arch
+        extra = [target.commit.tree, arch.name, self.lab.build.base,
+                 compiler_version(self.ops, arch), str(self.lab.build.ccache)]
+        frags = kconfig.fingerprint(self.frags_for(arch) + list(target.variant.patches), extra)
+        return f"{arch.name}-{frags}"
+
+    def build_dir(self, arch: Arch) -> Path:
+        config_hash = kconfig.fingerprint(self.frags_for(arch), [self.lab.build.base])[:8]
+        return self.lab.workdir / "build" / f"{arch.name}-{config_hash}"
+
+    def cache_dir(self, key: str) -> Path:
+        return self.lab.workdir / "cache" / "kernels" / key
+
+    def lookup(self, target: Target) -> BuildResult | None:
+        key = self.key(target)
+        done = self.cache_dir(key)
+        if (done / "meta.json").exists():
+            meta = json.loads((done / "meta.json").read_text())
+            return BuildResult(target, Status.PASS, key, done / "build.log", done, cached=True,
+                               meta=meta)
+        return None
+
+    def build(self, target: Target, force: bool = False) -> BuildResult:
+        """Build one target, or return its cached artifacts (unless forced)."""
+        hit = None if force else self.lookup(target)
+        if hit:
+            print(f"[build {target.label}] cache hit: {hit.artifacts}", flush=True)
+            return hit
+        key = self.key(target)
+        bdir = self.build_dir(target.arch)
+        bdir.mkdir(parents=True, exist_ok=True)
+        with open(bdir.parent / f".{bdir.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._build_locked(target, key, bdir)
+
+    def _build_locked(self, target: Target, key: str, bdir: Path) -> BuildResult:
+        logs = self.lab.workdir / "logs"
+        log = logs / f"build-{key}-{target.commit.short}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"# build {target.label} {target.commit.sha} key {key}\n")
+        progress = Progress(f"build {target.label}")
+        started = time.monotonic()
+        self.checkout.switch(target.commit.sha)
+        for patch in target.variant.patches:
+            why = self.checkout.apply(patch)
+            if why:
+                return BuildResult(target, Status.FAIL, key, log, errors=(why,))
+        progress.set_stage("configure")
+        errors = self._configure(target.arch, bdir, log)
+        if errors:
+            progress.finish(f"config error: {'; '.join(errors)}")
+            return BuildResult(target, Status.FAIL, key, log, errors=tuple(errors))
+        configured = time.monotonic()
+        progress.set_stage("compile")
+        self._ccache(["--zero-stats"])
+        rc = self.ops.stream(
+            make_argv(target.arch, self.checkout.path, bdir, self.jobs(),
+                      self.lab.build.ccache, target.arch.make_target),
+            log, env=self._env(),
+            on_line=lambda line: progress.tick() if OBJECT_RE.match(line) else None)
+        if rc != 0:
+            progress.finish(f"FAILED (make exit {rc}), log {log}")
+            return BuildResult(target, Status.FAIL, key, log,
+                               errors=first_errors(log.read_text(errors="replace").splitlines()))
+        durations = {"configure": round(configured - started, 1),
+                     "compile": round(time.monotonic() - configured, 1),
+                     "total": round(time.monotonic() - started, 1)}
+        meta = self._meta(target, key, bdir, progress.count, durations)
+        artifacts = self._store(target, key, bdir, log, meta)
+        progress.finish(f"built {meta['kernel_release']} ({progress.count} objects, "
+                        f"ccache {meta['ccache']})")
+        return BuildResult(target, Status.PASS, key, artifacts / "build.log", artifacts,
+                           meta=meta)
+
+    def _meta(self, target: Target, key: str, bdir: Path, objects: int,
+              durations: dict[str, float]) -> dict[str, object]:
+        return {"commit": target.commit.sha, "name": target.commit.name,
+                "tree": target.commit.tree, "arch": target.arch.name,
+                "variant": target.variant.name, "key": key,
+                "patches": [p.name for p in target.variant.patches],
+                "compiler": compiler_version(self.ops, target.arch),
+                "kernel_release": (bdir / "include/config/kernel.release").read_text().strip(),
+                "objects_compiled": objects,
+                "ccache": parse_ccache_stats(self._ccache(["--print-stats"])),
+                "durations": durations}
+
+    def _env(self) -> dict[str, str]:
+        return {**KBUILD_ENV, "CCACHE_DIR": str(self.lab.workdir / "ccache")}
+
+    def _ccache(self, args: list[str]) -> str:
+        if not self.lab.build.ccache:
+            return ""
+        return self.ops.run(["ccache", *args], env=self._env(), check=False, quiet=True).stdout
+
+    def _configure(self, arch: Arch, bdir: Path, log: Path) -> list[str]:
+        """base config + fragments (merge_config.sh) + olddefconfig, then check every
+        requested option; returns what went wrong. An unchanged .config keeps its
+        mtime, so a reconfigure alone causes no rebuild."""
+        dot = bdir / ".config"
+        old = (dot.read_bytes(), dot.stat()) if dot.exists() else None
+        src = self.checkout.path
+        make = make_argv(arch, src, bdir, self.jobs(), self.lab.build.ccache)
+        frags = self.frags_for(arch)
+        steps = [make + [self.lab.build.base],
+                 [str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(bdir),
+                  str(dot), *map(str, frags)],
+                 make + ["olddefconfig"]]
+        for argv in steps:
+            rc = self.ops.stream(argv, log, env={**self._env(), "ARCH": arch.linux_arch})
+            if rc != 0:
+                return list(first_errors(log.read_text(errors="replace").splitlines()))
+        if old and dot.read_bytes() == old[0]:
+            os.utime(dot, ns=(old[1].st_atime_ns, old[1].st_mtime_ns))
+        final = kconfig.parse(dot.read_text().splitlines())
+        return [f"config: {m}" for m in kconfig.check(kconfig.requested(frags), final)]
+
+    def _store(self, target: Target, key: str, bdir: Path, log: Path,
+               meta: dict[str, object]) -> Path:
+        """Copy the artifacts into the cache, whole or not at all."""
+        final = self.cache_dir(key)
+        tmp = final.with_name(f".{final.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        shutil.copy2(bdir / target.arch.kernel_image, tmp / "image")
+        for name in ("vmlinux", ".config", "System.map"):
+            shutil.copy2(bdir / name, tmp / name.lstrip("."))
+        shutil.copy2(log, tmp / "build.log")
+        meta["sha256_image"] = hashlib.sha256((tmp / "image").read_bytes()).hexdigest()
+        write_json(tmp / "meta.json", meta)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        return final

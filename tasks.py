@@ -1,0 +1,83 @@
+"""bpflab's front door: parse flags, load the lab, call one harness function, exit."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable
+
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import task
+
+from harness import main
+from harness.config import DEFAULT_LAB, PROJECT, load_lab
+from harness.errors import LabError, UserError
+from harness.ops import Ops
+
+LAB_HELP = "lab file (default: the built-in lab.yaml)"
+
+
+def _run(lab: str, body: Callable[[main.Session], int]) -> None:
+    """Map outcomes to exit codes: 0 ok, 1 tests or builds failed, 2 the lab broke."""
+    try:
+        code = body(main.Session(load_lab(Path(lab) if lab else DEFAULT_LAB), Ops()))
+    except UserError as exc:
+        raise Exit(f"error: {exc}", main.EXIT_LAB) from None
+    except LabError as exc:
+        raise Exit(f"lab error: {exc}", main.EXIT_LAB) from None
+    except KeyboardInterrupt:
+        raise Exit("interrupted", 130) from None
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={"lab": LAB_HELP, "arch": "only this arch", "variant": "only this variant"})
+def plan(c: Context, lab: str = "", arch: str = "", variant: str = "") -> None:
+    """Print the resolved targets: commit x arch x variant."""
+    from harness.plan import describe
+    _run(lab, lambda s: print(describe(s.targets(arch or None, variant or None))) or 0)
+
+
+@task(help={"lab": LAB_HELP, "arch": "only this arch (x86_64, arm64)",
+            "variant": "only this variant", "commit": "only this commit (tag or sha)"})
+def build(c: Context, lab: str = "", arch: str = "", variant: str = "",
+          commit: str = "") -> None:
+    """Build kernels for the lab's targets (cached by content)."""
+    _run(lab, lambda s: main.build(s, arch or None, variant or None, commit or None))
+
+
+@task(help={"fast": "unit tests only (seconds); the default also runs the end-to-end "
+                    "tests against real kernels and guests",
+            "k": "only tests matching this pytest -k expression"})
+def test(c: Context, fast: bool = False, k: str = "") -> None:
+    """Run the test suite (unit, then end-to-end)."""
+    argv = [sys.executable, "-m", "pytest", str(PROJECT / "tests")]
+    argv += ["-m", "not e2e"] if fast else []
+    argv += ["-k", k] if k else []
+    result = c.run(shlex.join(argv), pty=False, warn=True)
+    if result is None or result.exited:
+        raise Exit(code=result.exited if result else 2)
+
+
+@task(name="bench-build", help={"arch": "only this arch", "cold": "also time a cold build",
+                                "lab": LAB_HELP})
+def bench_build(c: Context, arch: str = "", cold: bool = False, lab: str = "") -> None:
+    """Print build times: cold, no-op, incremental, warm ccache, cache hit."""
+    argv = [sys.executable, str(PROJECT / "benchmarks/bench_build.py")]
+    argv += ["--arch", arch] if arch else []
+    argv += ["--cold"] if cold else []
+    argv += ["--lab", lab] if lab else []
+    c.run(shlex.join(argv), pty=False)
+
+
+@task
+def setup(c: Context) -> None:
+    """Install what the lab needs on the host (Debian packages, venv); idempotent."""
+    c.run(shlex.join([sys.executable, str(PROJECT / "harness/bootstrap.py")]), pty=False)
+    print("setup: host packages and venv are in place")
+
+
+ns = Collection(setup, plan, build, test, bench_build)

@@ -1,0 +1,1 @@
+int map_in_map;
