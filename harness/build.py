@@ -22,8 +22,10 @@ from harness.results import Status, write_json
 
 OBJECT_RE = re.compile(r"^\s+(CC|AS|CC \[M\])\s")
 ERROR_RE = re.compile(r"(error:|Error \d+|\*\*\* |undefined reference|not found)")
+# Reproducible identity; an empty LOCALVERSION keeps setlocalversion from adding
+# "+" for a git checkout, so uname -r in the guest is the plain release.
 KBUILD_ENV = {"KBUILD_BUILD_USER": "bpflab", "KBUILD_BUILD_HOST": "bpflab",
-              "KBUILD_BUILD_TIMESTAMP": "1970-01-01", "LC_ALL": "C"}
+              "KBUILD_BUILD_TIMESTAMP": "1970-01-01", "LC_ALL": "C", "LOCALVERSION": ""}
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,8 @@ class Builder:
     def key(self, target: Target) -> str:
         arch = target.arch
         extra = [target.commit.tree, arch.name, self.lab.build.base,
-                 compiler_version(self.ops, arch), str(self.lab.build.ccache)]
+                 compiler_version(self.ops, arch), str(self.lab.build.ccache),
+                 repr(sorted(KBUILD_ENV.items()))]
         frags = kconfig.fingerprint(self.frags_for(arch) + list(target.variant.patches), extra)
         return f"{arch.name}-{frags}"
 
@@ -172,8 +175,10 @@ class Builder:
                      "total": round(time.monotonic() - started, 1)}
         meta = self._meta(target, key, bdir, progress.count, durations)
         artifacts = self._store(target, key, bdir, log, meta)
+        stats = parse_ccache_stats(self._ccache(["--print-stats"]))
+        meta["ccache"] = stats
         progress.finish(f"built {meta['kernel_release']} ({progress.count} objects, "
-                        f"ccache {meta['ccache']})")
+                        f"ccache {stats['hits']} hits, {stats['misses']} misses)")
         return BuildResult(target, Status.PASS, key, artifacts / "build.log", artifacts,
                            meta=meta)
 
@@ -185,9 +190,7 @@ class Builder:
                 "patches": [p.name for p in target.variant.patches],
                 "compiler": compiler_version(self.ops, target.arch),
                 "kernel_release": (bdir / "include/config/kernel.release").read_text().strip(),
-                "objects_compiled": objects,
-                "ccache": parse_ccache_stats(self._ccache(["--print-stats"])),
-                "durations": durations}
+                "objects_compiled": objects, "durations": durations}
 
     def _env(self) -> dict[str, str]:
         return {**KBUILD_ENV, "CCACHE_DIR": str(self.lab.workdir / "ccache")}

@@ -76,6 +76,9 @@ class Variant:
     name: str
     patches: tuple[Path, ...]
     arches: tuple[str, ...]
+    # Kernel report signatures (prefixes) this variant must produce, e.g. a
+    # fault-injection kernel's "KASAN: use-after-free"; their absence is a failure.
+    expect_reports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -236,8 +239,9 @@ def _variants(raw: Any, file: str, base: Path, arches: tuple[Arch, ...]) -> tupl
             patches.append(path)
         only = tuple(find_arch(arches, a, file, t.key("arches")).name
                      for a in t.strings("arches"))
+        expect = t.strings("expect_reports")
         t.done()
-        out.append(Variant(name, tuple(patches), only))
+        out.append(Variant(name, tuple(patches), only, expect))
     names = [v.name for v in out]
     if len(set(names)) != len(names):
         raise ConfigError(file, "variants", f"unique names, got {names}")

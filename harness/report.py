@@ -1,0 +1,179 @@
+"""The run's report, rebuilt from the store alone: a terminal table (commits x
+arch/variant), a JSON summary, and a static HTML page with the matrix, per-test
+first-bad/first-good commits and every kernel report signature."""
+
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.junit import Case, from_junit
+from harness.results import Status, write_atomic, write_json
+from harness.store import Store, TargetOutcome
+
+BAD = (Status.FAIL, Status.ERROR)
+
+
+@dataclass(frozen=True)
+class Cell:
+    path: Path
+    outcome: TargetOutcome
+    cases: tuple[Case, ...]
+
+    @property
+    def column(self) -> str:
+        return f"{self.outcome.arch}/{self.outcome.variant}"
+
+    def short(self) -> str:
+        o = self.outcome
+        if o.stages.get("build") != Status.PASS.value:
+            return "build " + o.stages.get("build", "?").upper()
+        if o.stages.get("boot") != Status.PASS.value:
+            return "boot " + (o.exit_reason or o.stages.get("boot", "?")).upper()
+        c = o.counts
+        text = f"{c.get('pass', 0)}/{c.get('total', 0)} pass"
+        bad = c.get("fail", 0) + c.get("error", 0)
+        return text + (f", {bad} bad" if bad else "") + \
+            (f" [{len(o.signatures)} report{'s' * (len(o.signatures) > 1)}]"
+             if o.signatures else "")
+
+
+def load(store: Store) -> list[Cell]:
+    cells = []
+    for path, outcome in store.outcomes():
+        junit = path / "junit.xml"
+        cases = tuple(from_junit(junit, "") if junit.exists() else ())
+        cells.append(Cell(path, outcome, cases))
+    return cells
+
+
+def first_bad_good(seq: list[tuple[str, Status]]) -> tuple[str | None, str | None]:
+    """Along history order: the first commit whose result was not as expected, and
+    the first commit after it where the result is as expected again."""
+    first_bad = first_good = None
+    for name, status in seq:
+        if first_bad is None and status in BAD:
+            first_bad = name
+        elif first_bad is not None and status is Status.PASS:
+            first_good = name
+            break
+    return first_bad, first_good
+
+
+def transitions(cells: list[Cell]) -> list[dict[str, str | None]]:
+    """Per test and arch/variant: first-bad and first-good commit, for tests that
+    were ever bad."""
+    series: dict[tuple[str, str], list[tuple[str, Status]]] = {}
+    for cell in cells:  # cells come in history order
+        for case in cell.cases:
+            key = (f"{case.classname}::{case.name}", cell.column)
+            series.setdefault(key, []).append((cell.outcome.name, case.status))
+    rows = []
+    for (test, column), seq in sorted(series.items()):
+        bad, good = first_bad_good(seq)
+        if bad:
+            rows.append({"test": test, "column": column, "first_bad": bad, "first_good": good})
+    return rows
+
+
+def signatures(cells: list[Cell]) -> list[dict[str, object]]:
+    seen: dict[str, dict[str, object]] = {}
+    for cell in cells:
+        for sig in cell.outcome.signatures:
+            entry = seen.setdefault(sig, {"signature": sig, "where": [], "first_seen": None,
+                                          "last_seen": None})
+            where = entry["where"]
+            assert isinstance(where, list)
+            where.append(f"{cell.outcome.name} {cell.column}")
+            entry["first_seen"] = entry["first_seen"] or cell.outcome.name
+            entry["last_seen"] = cell.outcome.name
+    return list(seen.values())
+
+
+def summary(cells: list[Cell]) -> dict[str, object]:
+    return {"targets": [{"commit": c.outcome.commit, "name": c.outcome.name,
+                         "arch": c.outcome.arch, "variant": c.outcome.variant,
+                         "status": c.outcome.status.value, "stages": c.outcome.stages,
+                         "counts": c.outcome.counts, "signatures": list(c.outcome.signatures),
+                         "kernel_release": c.outcome.kernel_release,
+                         "durations": c.outcome.durations, "dir": c.path.name}
+                        for c in cells],
+            "transitions": transitions(cells), "reports": signatures(cells)}
+
+
+def table(cells: list[Cell]) -> str:
+    columns = sorted({c.column for c in cells})
+    rows: dict[str, dict[str, str]] = {}
+    for cell in cells:
+        rows.setdefault(cell.outcome.name, {})[cell.column] = cell.short()
+    width = max([len(c.short()) for c in cells] + [len(c) for c in columns] + [10])
+    first = max([len(n) for n in rows] + [6])
+    lines = [f"{'commit':<{first}}  " + "  ".join(f"{c:<{width}}" for c in columns)]
+    for name, by_col in rows.items():
+        lines.append(f"{name:<{first}}  " + "  ".join(
+            f"{by_col.get(c, '-'):<{width}}" for c in columns))
+    for sig in signatures(cells):
+        lines.append(f"  report: {sig['signature']}  ({', '.join(map(str, sig['where']))})")  # type: ignore[call-overload]
+    return "\n".join(lines)
+
+
+def write_all(store: Store) -> tuple[str, Path]:
+    """Rebuild summary.json and index.html from the store; return the table."""
+    cells = load(store)
+    write_json(store.root / "summary.json", summary(cells))
+    page = store.root / "index.html"
+    write_atomic(page, render_html(cells, store.root))
+    return table(cells), page
+
+
+def _link(root: Path, path: Path, text: str) -> str:
+    return f'<a href="{html.escape(os.path.relpath(path, root))}">{html.escape(text)}</a>'
+
+
+def _cell_html(cell: Cell, root: Path) -> str:
+    o = cell.outcome
+    files = [p for p in (cell.path / n for n in ("junit.xml", "console.log", "build.log"))
+             if p.exists()]
+    files += sorted((cell.path / "kasan").glob("*.txt"))
+    links = " ".join(_link(root, p, p.name) for p in files)
+    sigs = "".join(f'<div class="sig">{html.escape(s)}</div>' for s in o.signatures)
+    return (f'<td class="{o.status.value}"><b>{html.escape(cell.short())}</b>{sigs}'
+            f'<div class="links">{links}</div></td>')
+
+
+def render_html(cells: list[Cell], root: Path) -> str:
+    columns = sorted({c.column for c in cells})
+    by_name: dict[str, dict[str, Cell]] = {}
+    for cell in cells:
+        by_name.setdefault(cell.outcome.name, {})[cell.column] = cell
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        f"<tr><th>{html.escape(name)}</th>" + "".join(
+            _cell_html(row[c], root) if c in row else "<td>-</td>" for c in columns) + "</tr>"
+        for name, row in by_name.items())
+    trans = "".join(f"<tr><td>{html.escape(str(t['test']))}</td><td>{t['column']}</td>"
+                    f"<td>{t['first_bad']}</td><td>{t['first_good'] or '-'}</td></tr>"
+                    for t in transitions(cells))
+    sigs = "".join(f"<tr><td>{html.escape(str(s['signature']))}</td>"
+                   f"<td>{html.escape(', '.join(map(str, s['where'])))}</td>"  # type: ignore[call-overload]
+                   f"<td>{s['first_seen']}</td><td>{s['last_seen']}</td></tr>"
+                   for s in signatures(cells))
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>bpflab matrix</title><style>
+body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #999;padding:.4em;vertical-align:top;text-align:left}}
+td.pass{{background:#d9f2d9}} td.fail,td.error{{background:#f8d0d0}} td.skip{{background:#eee}}
+.sig{{font-family:monospace;color:#900}} .links{{font-size:80%}}
+</style></head><body>
+<h1>bpflab: commit &times; arch matrix</h1>
+<table id="matrix"><tr><th>commit</th>{head}</tr>{body}</table>
+<h2>Tests not as expected: first bad, first good</h2>
+<table id="transitions"><tr><th>test</th><th>arch/variant</th><th>first bad</th>
+<th>first good</th></tr>{trans}</table>
+<h2>Kernel reports</h2>
+<table id="reports"><tr><th>signature</th><th>where</th><th>first seen</th>
+<th>last seen</th></tr>{sigs}</table>
+</body></html>
+"""

@@ -1,0 +1,94 @@
+"""JUnit in and out: pytest files and TAP become cases; kernel reports tie to cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from junitparser import JUnitXml
+
+from harness import junit
+from harness.junit import Case
+from harness.kreport import Report
+from harness.results import Status
+
+UAF = "bpf_tests/python/test_uaf.py::test_inner_map_freed_while_prog_runs"
+
+
+def report(test: str | None, sig: str = "KASAN: use-after-free Write in array_map_update_elem"
+           ) -> Report:
+    return Report("KASAN", sig, "BUG: KASAN: use-after-free in array_map_update_elem+0x81/0x1fa",
+                  "BUG: KASAN: ...\nWrite of size 4", 10, test)
+
+
+def cases() -> list[Case]:
+    return [Case("python", "bpf_tests.python.test_uaf", "test_inner_map_freed_while_prog_runs",
+                 Status.PASS, 1.5),
+            Case("python", "bpf_tests.python.test_basic", "test_lookup_returns_inner_id",
+                 Status.PASS, 0.1)]
+
+
+def test_tap_results_become_cases_with_skip_reasons_and_diagnostics() -> None:
+    lines = ["TAP version 13", "1..3", "ok 1 - spin_lock_in_inner_map",
+             "# expected 0x2222, got 0x1111 (cba41bb78d)", "not ok 2 - elem_size",
+             "ok 3 - timer # SKIP no CONFIG_BPF_EVENTS"]
+    got = junit.from_tap(lines, "c", "c.map_in_map")
+    assert [(c.name, c.status) for c in got] == [("spin_lock_in_inner_map", Status.PASS),
+                                                 ("elem_size", Status.FAIL),
+                                                 ("timer", Status.SKIP)]
+    assert got[1].message == "expected 0x2222, got 0x1111 (cba41bb78d)"
+    assert got[2].message == "no CONFIG_BPF_EVENTS"
+
+
+def test_a_report_inside_a_tests_markers_becomes_an_error_on_that_case() -> None:
+    tied = junit.tie_reports(cases(), [report(UAF)], expected=())
+    uaf = tied[0]
+    assert uaf.status is Status.ERROR and uaf.reports[0].test == UAF
+    assert uaf.message.startswith("kernel report during the test: KASAN: use-after-free")
+    assert tied[1].status is Status.PASS
+    assert tied[-1].name == "kernel-health" and tied[-1].status is Status.PASS
+
+
+def test_a_report_outside_any_test_fails_kernel_health() -> None:
+    tied = junit.tie_reports(cases(), [report(None)], expected=())
+    assert [c.status for c in tied[:2]] == [Status.PASS, Status.PASS]
+    assert tied[-1].status is Status.FAIL
+    assert "outside any test: KASAN: use-after-free" in tied[-1].message
+
+
+def test_an_expected_report_keeps_the_case_green_and_a_missing_one_fails_health() -> None:
+    expected = ("KASAN: use-after-free",)
+    tied = junit.tie_reports(cases(), [report(UAF)], expected)
+    assert tied[0].status is Status.PASS and tied[0].reports
+    assert tied[-1].status is Status.PASS
+    missing = junit.tie_reports(cases(), [], expected)
+    assert missing[-1].status is Status.FAIL
+    assert "never appeared: KASAN: use-after-free" in missing[-1].message
+
+
+def test_junit_round_trips_with_properties_and_the_report_text(tmp_path: Path) -> None:
+    tied = junit.tie_reports(cases(), [report(UAF)], expected=())
+    out = tmp_path / "junit.xml"
+    junit.write(tied, "x86_64/v6.1.192/base", {"commit": "abc", "arch": "x86_64"}, out)
+    back = junit.from_junit(out, "python")
+    assert [(c.name, c.status) for c in back] == [
+        ("test_inner_map_freed_while_prog_runs", Status.ERROR),
+        ("test_lookup_returns_inner_id", Status.PASS), ("kernel-health", Status.PASS)]
+    assert "Write of size 4" in back[0].output
+    xml = JUnitXml.fromfile(str(out))
+    suite = next(iter(xml))
+    assert {p.name: p.value for p in suite.properties()} == {"commit": "abc", "arch": "x86_64"}
+    assert suite.errors == 1 and suite.tests == 3
+
+
+def test_merged_junit_holds_every_targets_suite(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        junit.write(cases(), name, {}, tmp_path / name / "junit.xml")
+    junit.merge([tmp_path / "a/junit.xml", tmp_path / "b/junit.xml"], tmp_path / "all.xml")
+    merged = JUnitXml.fromfile(str(tmp_path / "all.xml"))
+    assert [s.name for s in merged] == ["a", "b"] and merged.tests == 4
+
+
+def test_a_marker_node_id_finds_its_case_by_module_and_name() -> None:
+    assert junit.case_for(UAF, cases()) == cases()[0]
+    assert junit.case_for("other.py::test_lookup_returns_inner_id", cases()) == cases()[1]
+    assert junit.case_for("x.py::test_nothing_like_it", cases()) is None
