@@ -113,8 +113,10 @@ class Builder:
         return f"{arch.name}-{frags}"
 
     def build_dir(self, arch: Arch) -> Path:
-        config_hash = kconfig.fingerprint(self.frags_for(arch), [self.lab.build.base])[:8]
-        return self.lab.workdir / "build" / f"{arch.name}-{config_hash}"
+        """One per arch and base config. A fragment change reconfigures it in place:
+        kbuild rebuilds only what depends on the changed options, where a fresh
+        directory would cost a cold build."""
+        return self.lab.workdir / "build" / f"{arch.name}-{self.lab.build.base}"
 
     def cache_dir(self, key: str) -> Path:
         return self.lab.workdir / "cache" / "kernels" / key
@@ -137,7 +139,11 @@ class Builder:
         key = self.key(target)
         bdir = self.build_dir(target.arch)
         bdir.mkdir(parents=True, exist_ok=True)
-        with open(bdir.parent / f".{bdir.name}.lock", "w") as lock:
+        # One build at a time per source checkout: the tree must stay at the commit
+        # (and its patches) until make is done, whichever arch is building.
+        lockfile = self.checkout.path.parent / f".{self.checkout.path.name}.lock"
+        lockfile.parent.mkdir(parents=True, exist_ok=True)
+        with open(lockfile, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             return self._build_locked(target, key, bdir)
 
