@@ -1,0 +1,174 @@
+"""One running QEMU: started, its console stamped with host time into console.log,
+and always torn down (QMP 'quit' first, then SIGKILL to its own pid only)."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, Sequence
+
+from harness.errors import LabError
+from harness.ops import echo
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the harness dies without cleaning up
+    (SIGKILL, a crash), the kernel kills QEMU too, so no guest outlives its owner.
+    (start_new_session keeps Ctrl-C away from QEMU: the harness gets it and quits
+    QEMU in order.)"""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def stamp(started_wall: float, started_mono: float, now_mono: float, line: str) -> str:
+    wall = started_wall + (now_mono - started_mono)
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
+    return f"{iso} +{now_mono - started_mono:8.3f} | {line}"
+
+
+class Qmp:
+    """The few QMP commands the lab needs, over QEMU's unix socket."""
+
+    def __init__(self, path: Path, timeout: float = 2.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(self.timeout)
+            s.connect(str(self.path))
+            stream: BinaryIO = s.makefile("rwb")  # type: ignore[assignment]
+            json.loads(stream.readline())  # greeting
+            for msg in ({"execute": "qmp_capabilities"},
+                        {"execute": command, "arguments": arguments or {}}):
+                stream.write(json.dumps(msg).encode() + b"\n")
+                stream.flush()
+                reply = self._reply(stream)
+            return reply
+
+    @staticmethod
+    def _reply(stream: BinaryIO) -> Any:
+        while True:  # skip asynchronous events
+            line = stream.readline()
+            if not line:
+                return None  # QEMU closed the socket, as it does on 'quit'
+            msg = json.loads(line)
+            if "return" in msg or "error" in msg:
+                return msg
+
+
+class Guest:
+    """A QEMU process. The constructor only records; start() launches."""
+
+    def __init__(self, argv: Sequence[str], run_dir: Path, qmp_socket: Path,
+                 verbose: bool = True) -> None:
+        self.argv = list(argv)
+        self.run_dir = run_dir
+        self.console_log = run_dir / "console.log"
+        self.qemu_log = run_dir / "qemu.log"
+        self.qmp = Qmp(qmp_socket)
+        self.verbose = verbose
+        self.started_mono = 0.0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.verbose:
+            echo(self.argv)
+        self.started_mono = time.monotonic()
+        started_wall = time.time()
+        with open(self.qemu_log, "wb") as err:
+            try:
+                self.proc = subprocess.Popen(
+                    self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=err, start_new_session=True, preexec_fn=_die_with_parent)
+            except FileNotFoundError as exc:
+                raise LabError(f"{self.argv[0]}: not installed") from exc
+        self._reader = threading.Thread(target=self._read, args=(started_wall,),
+                                        name=f"console-{self.proc.pid}", daemon=True)
+        self._reader.start()
+
+    def _read(self, started_wall: float) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        with open(self.console_log, "w", encoding="utf-8") as log:
+            for raw in self.proc.stdout:
+                text = raw.decode("utf-8", errors="replace").rstrip("\r\n").replace("\r", "")
+                line = stamp(started_wall, self.started_mono, time.monotonic(), text)
+                log.write(line + "\n")
+                log.flush()
+                with self._lock:
+                    self._lines.append(line)
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            return list(self._lines)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started_mono
+
+    def console_closed(self) -> bool:
+        """QEMU's stdout reached EOF and every line is in: QEMU is gone."""
+        return self._reader is not None and not self._reader.is_alive()
+
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def qemu_errors(self) -> str:
+        try:
+            return self.qemu_log.read_text(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 3.0) -> int | None:
+        """QMP quit, then SIGKILL after `grace` s. Safe to call twice, or unstarted."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            try:
+                self.qmp.execute("quit")
+                asked = True
+            except (OSError, ValueError):
+                asked = False  # no QMP (not up yet, or wedged): straight to the kill
+            try:
+                proc.wait(grace if asked else 0.1)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # our child, by its pid: never a name-based kill
+                proc.wait()
+        if self._reader is not None:
+            self._reader.join(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        return proc.returncode
+
+    def sysrq(self, commands: str = "wl", settle: float = 2.0) -> None:
+        """Alt+SysRq+<c> via QMP for each command (w: blocked tasks, l: all CPUs'
+        backtraces), so a hung guest leaves its stacks in console.log before the
+        kill. Needs a keyboard in the guest (i8042 on q35); a no-op without one."""
+        for c in commands:
+            keys = [{"type": "qcode", "data": k} for k in ("alt", "sysrq", c)]
+            try:
+                self.qmp.execute("send-key", {"keys": keys})
+            except (OSError, ValueError):
+                return
+        time.sleep(settle)
+
+    def __enter__(self) -> "Guest":
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
