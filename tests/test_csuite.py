@@ -1,0 +1,279 @@
+"""The C suite's build: argv builders, cache key, ELF/BTF readers, the expectation
+logic of kernel.c, and (e2e) real builds for both arches run on the host kernel."""
+
+from __future__ import annotations
+
+import os
+import platform
+import struct
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pytest
+
+from harness import csuite
+from harness.config import Arch, load_arches, load_lab
+from harness.errors import LabError
+from harness.junit import from_tap
+from harness.ops import Completed, Ops
+from harness.results import Status
+
+ARCHES = {a.name: a for a in load_arches()}
+X86, ARM64 = ARCHES["x86_64"], ARCHES["arm64"]
+PINS = ("libbpf-dev=1:1.1.2-0+deb12u1", "zlib1g-dev=1:1.2.13.dfsg-1")
+TEST_NAMES = ["spin_lock_in_inner_map", "timer_in_inner_map", "kptr_in_inner_map",
+              "sleepable_uaf_inner_map_free", "race_kprobe_inner_map_free",
+              "race_sleepable_fentry_inner_map_free"]
+
+
+def make_elf(path: Path, sections: Mapping[str, bytes], machine: int = 62,
+             interp: bool = False) -> Path:
+    """A minimal little-endian ELF64: named sections, and a PT_INTERP header if asked."""
+    names = b"\0" + b"".join(n.encode() + b"\0" for n in [*sections, ".shstrtab"])
+    blobs = [*sections.values(), names]
+    data_off = 64 + 56
+    body, offsets = b"", []
+    for blob in blobs:
+        offsets.append(data_off + len(body))
+        body += blob
+    shoff = data_off + len(body)
+    header = b"\x7fELF\x02\x01\x01" + b"\0" * 9 + struct.pack(
+        "<HHIQQQIHHHHHH", 2, machine, 1, 0, 64, shoff, 0, 64, 56, 1, 64,
+        len(blobs) + 1, len(blobs))
+    phdr = struct.pack("<IIQQQQQQ", 3 if interp else 1, 4, 0, 0, 0, 0, 0, 8)
+    shdrs, name_off = b"\0" * 64, 1
+    for name, blob, off in zip([*sections, ".shstrtab"], blobs, offsets):
+        shdrs += struct.pack("<IIQQQQIIQQ", name_off, 1, 0, 0, off, len(blob), 0, 0, 1, 0)
+        name_off += len(name) + 1
+    path.write_bytes(header + phdr + body + shdrs)
+    return path
+
+
+def test_the_bpf_object_is_built_for_the_arch_against_the_generated_vmlinux_h() -> None:
+    tc = csuite.toolchain(ARM64, Path("/sr"))
+    argv = csuite.bpf_object_argv(Path("/src"), Path("/out"), tc)
+    assert argv[:3] == ["clang", "-target", "bpf"]
+    assert "-D__TARGET_ARCH_arm64" in argv and "-I/out" in argv
+    assert argv[-3:] == ["/src/map_in_map.bpf.c", "-o", "/out/map_in_map.bpf.o"]
+    x86 = csuite.bpf_object_argv(Path("/src"), Path("/out"), csuite.toolchain(X86, None))
+    assert "-D__TARGET_ARCH_x86" in x86
+
+
+def test_a_cross_build_links_statically_against_the_sysroot() -> None:
+    tc = csuite.toolchain(ARM64, Path("/sr"))
+    argv = csuite.link_argv(Path("/src"), Path("/out"), tc)
+    assert argv[0] == "aarch64-linux-gnu-gcc" and "-static" in argv
+    assert ["-isystem", "/sr/usr/include"] == argv[argv.index("-isystem"):][:2]
+    assert "-L/sr/usr/lib/aarch64-linux-gnu" in argv
+    assert argv[-6:] == ["-lbpf", "-lelf", "-lz", "-lpthread", "-o", "/out/bpf_map_in_map"]
+    assert all(f"/src/{s}" in argv for s in csuite.USER_SOURCES)
+
+
+def test_a_native_build_uses_the_host_compiler_and_libraries() -> None:
+    argv = csuite.link_argv(Path("/src"), Path("/out"), csuite.toolchain(X86, None))
+    assert argv[0] == "gcc" and "-static" in argv
+    assert not any(a.startswith("-L") or a == "-isystem" for a in argv)
+
+
+def test_generators_and_package_commands_are_plain_argv() -> None:
+    assert csuite.vmlinux_h_argv(Path("/k/vmlinux")) == \
+        ["bpftool", "btf", "dump", "file", "/k/vmlinux", "format", "c"]
+    assert csuite.skeleton_argv(Path("/o")) == \
+        ["bpftool", "gen", "skeleton", "/o/map_in_map.bpf.o", "name", "map_in_map"]
+    assert csuite.apt_download_argv(["-o", "X=1"], "libbpf-dev", "1:1.1.2-0", "arm64") == \
+        ["apt-get", "-o", "X=1", "download", "libbpf-dev:arm64=1:1.1.2-0"]
+    assert csuite.extract_argv(Path("a.deb"), Path("/r")) == ["dpkg-deb", "-x", "a.deb", "/r"]
+
+
+def test_the_cache_key_follows_arch_sources_btf_and_libraries() -> None:
+    key = csuite.cache_key(X86, "src1", "btf1", PINS)
+    assert key == csuite.cache_key(X86, "src1", "btf1", PINS)
+    assert key.startswith("x86_64-") and len(key) == len("x86_64-") + 16
+    others = {csuite.cache_key(X86, "src2", "btf1", PINS),
+              csuite.cache_key(X86, "src1", "btf2", PINS),
+              csuite.cache_key(X86, "src1", "btf1", PINS[:1]),
+              csuite.cache_key(ARM64, "src1", "btf1", PINS)}
+    assert key not in others and len(others) == 4
+
+
+def test_the_sources_digest_changes_with_any_file(tmp_path: Path) -> None:
+    (tmp_path / "a.c").write_text("int a;\n")
+    first = csuite.sources_digest(tmp_path)
+    (tmp_path / "a.c").write_text("int b;\n")
+    second = csuite.sources_digest(tmp_path)
+    (tmp_path / "b.h").write_text("")
+    assert len({first, second, csuite.sources_digest(tmp_path)}) == 3
+
+
+def test_the_btf_digest_reads_only_the_btf_section(tmp_path: Path) -> None:
+    a = make_elf(tmp_path / "a", {".text": b"\x90" * 8, ".BTF": b"\x9f\xeb types"})
+    b = make_elf(tmp_path / "b", {".text": b"\xcc" * 20, ".BTF": b"\x9f\xeb types"})
+    c = make_elf(tmp_path / "c", {".text": b"\x90" * 8, ".BTF": b"\x9f\xeb other"})
+    assert csuite.btf_digest(a) == csuite.btf_digest(b) != csuite.btf_digest(c)
+
+
+def test_raw_btf_is_hashed_whole_and_an_elf_without_btf_is_refused(tmp_path: Path) -> None:
+    raw = tmp_path / "btf"
+    raw.write_bytes(b"\x9f\xeb\x01\x00 raw")
+    assert len(csuite.btf_digest(raw)) == 64
+    with pytest.raises(LabError, match="no .BTF section"):
+        csuite.btf_digest(make_elf(tmp_path / "nobtf", {".text": b"\x90"}))
+
+
+def test_elf_info_tells_machine_and_static_linking(tmp_path: Path) -> None:
+    assert csuite.elf_info(make_elf(tmp_path / "s", {}, machine=183)) == \
+        csuite.ElfInfo(183, True)
+    assert csuite.elf_info(make_elf(tmp_path / "d", {}, interp=True)).static is False
+    with pytest.raises(LabError, match="x86_64"):
+        csuite.check_binary(make_elf(tmp_path / "w", {}, machine=183), X86)
+
+
+class FakeOps(Ops):
+    """Answers dpkg-query like the host, fails the BPF compile with clang's real words."""
+
+    def __init__(self) -> None:
+        super().__init__(verbose=False)
+        self.calls: list[list[str]] = []
+
+    def run(self, argv: Sequence[str], cwd: Path | None = None,
+            env: Mapping[str, str] | None = None, check: bool = True,
+            quiet: bool = False) -> Completed:
+        self.calls.append(list(argv))
+        out, code = {
+            "dpkg-query": ("\n".join(f"{p}=1:1.0" for p in csuite.SYSROOT_PACKAGES), 0),
+            "bpftool": ("#ifndef __VMLINUX_H__\n#define __VMLINUX_H__\n#endif\n", 0),
+            "clang": ("In file included from map_in_map.bpf.c:7:\n"
+                      "map_in_map.bpf.c:41:2: error: use of undeclared identifier 'x'\n"
+                      "        x++;\n        ^\n1 error generated.\n", 1),
+        }.get(argv[0], ("", 0))
+        return Completed(tuple(argv), code, out)
+
+
+def native(arch: Arch) -> Arch:
+    """The arch as the host's own, whatever the host: no sysroot download in unit tests."""
+    return replace(arch, name=platform.machine(), aliases=())
+
+
+def test_a_compile_error_raises_with_the_compilers_first_error(tmp_path: Path) -> None:
+    vmlinux = make_elf(tmp_path / "vmlinux", {".BTF": b"\x9f\xeb"})
+    ops = FakeOps()
+    with pytest.raises(LabError, match="use of undeclared identifier 'x'") as err:
+        csuite.build_c_suite(tmp_path / "work", native(X86), vmlinux, ops)
+    assert "clang (BPF object) failed (1)" in str(err.value)
+    assert [c[0] for c in ops.calls] == ["dpkg-query", "bpftool", "clang"]
+    assert not [p for p in (tmp_path / "work" / "csuite").iterdir() if p.is_dir()]
+
+
+def test_a_cached_build_runs_no_compiler(tmp_path: Path) -> None:
+    vmlinux = make_elf(tmp_path / "vmlinux", {".BTF": b"\x9f\xeb"})
+    arch, ops = native(X86), FakeOps()
+    pins = csuite.library_versions(ops)
+    key = csuite.cache_key(arch, csuite.sources_digest(), csuite.btf_digest(vmlinux), pins)
+    done = tmp_path / "work" / "csuite" / key / "bpf_map_in_map"
+    done.parent.mkdir(parents=True)
+    done.write_bytes(b"built")
+    assert csuite.build_c_suite(tmp_path / "work", arch, vmlinux, ops) == done
+    assert [c[0] for c in ops.calls] == ["dpkg-query", "dpkg-query"]
+
+
+@pytest.fixture(scope="module")
+def kernel_check(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """kernel.c compiled with its command-line window: the C expectation logic itself."""
+    exe = tmp_path_factory.mktemp("kc") / "kernel_check"
+    subprocess.run(["gcc", "-Wall", "-Werror", f"-I{csuite.SOURCES}",
+                    str(csuite.SOURCES / "kernel_check.c"), str(csuite.SOURCES / "kernel.c"),
+                    "-o", str(exe)], check=True)
+    return exe
+
+
+@pytest.mark.parametrize("release, uname_v, mainline, stable, expected", [
+    ("6.1.192", "#1 SMP", "6.8", ("6.1", "6.1.75"), "6.1.192 has"),
+    ("6.1.74", "#1 SMP", "6.8", ("6.1", "6.1.75"), "6.1.74 lacks"),
+    ("6.1.192+", "#1 SMP", "6.2", ("", ""), "6.1.192 lacks"),
+    ("6.7.0-rc3", "#1 SMP", "6.8", ("6.1", "6.1.75"), "6.7.0 lacks"),
+    ("6.8.0-rc1", "#1 SMP", "6.8", ("6.1", "6.1.75"), "6.8.0 has"),
+    ("6.18.44-fc-v669", "#1 SMP", "6.2", ("", ""), "6.18.44 has"),
+    ("6.1.0-28-amd64", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.119-1 (2024-11-22)", "6.8",
+     ("6.1", "6.1.75"), "6.1.119 has"),
+    ("5.10.0-9-arm64", "#1 SMP Debian 6.1.119-1", "5.15", ("", ""), "5.10.0 lacks"),
+])
+def test_the_c_suite_expects_a_commit_from_the_release(
+        kernel_check: Path, release: str, uname_v: str, mainline: str,
+        stable: tuple[str, str], expected: str) -> None:
+    out = subprocess.run([str(kernel_check), release, uname_v, mainline, *stable],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
+
+
+def test_a_commit_list_overrides_the_release(kernel_check: Path, tmp_path: Path) -> None:
+    listed = tmp_path / "commits"
+    listed.write_text("# ancestors\n876673364183ec2a1\n20C20BD11A  # upper case\n")
+    run = [str(kernel_check), "6.1.74", "", "6.8", "6.1", "6.1.75"]
+    assert subprocess.run([*run, str(listed)], capture_output=True, text=True,
+                          check=True).stdout.strip() == "6.1.74 has"
+    listed.write_text("20c20bd11a\n")
+    assert subprocess.run([*run, str(listed)], capture_output=True, text=True,
+                          check=True).stdout.strip() == "6.1.74 lacks"
+    listed.write_text("not-a-commit\n")
+    assert subprocess.run([*run, str(listed)], capture_output=True).returncode == 2
+
+
+def newest_kernel(workdir: Path, arch: str) -> Path:
+    found = sorted((workdir / "cache" / "kernels").glob(f"{arch}-*/vmlinux"),
+                   key=lambda p: p.stat().st_mtime)
+    if not found:
+        pytest.fail(f"no {arch} kernel in {workdir}/cache/kernels: run ./lab build "
+                    f"--arch {arch} first")
+    return found[-1]
+
+
+def kmsg_markers(since: float) -> list[str]:
+    """Our markers in the kernel log, from /dev/kmsg (non-blocking, bounded)."""
+    boot = time.clock_gettime(time.CLOCK_MONOTONIC) - (time.time() - since)
+    found: list[str] = []
+    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        for _ in range(1_000_000):
+            try:
+                record = os.read(fd, 8192).decode("ascii", "replace")
+            except BlockingIOError:
+                break
+            except BrokenPipeError:  # overwritten records: keep reading
+                continue
+            prefix, _, text = record.partition(";")
+            usec = int(prefix.split(",")[2])
+            if usec / 1e6 >= boot - 1 and "bpflab: " in text and " c::" in text:
+                found.append(text.strip())
+    finally:
+        os.close(fd)
+    return found
+
+
+@pytest.mark.e2e
+def test_the_suite_builds_for_both_arches_and_runs_on_the_host_kernel() -> None:
+    lab = load_lab()
+    ops = Ops(verbose=False)
+    arm = csuite.build_c_suite(lab.workdir, ARM64, newest_kernel(lab.workdir, "arm64"), ops)
+    assert csuite.elf_info(arm) == csuite.ElfInfo(183, True)
+    described = subprocess.run(["file", "-b", str(arm)], capture_output=True, text=True)
+    assert "ARM aarch64" in described.stdout and "statically linked" in described.stdout
+    x86 = csuite.build_c_suite(lab.workdir, X86, newest_kernel(lab.workdir, "x86_64"), ops)
+    started = time.time()
+    run = subprocess.run([str(x86)], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "BPFLAB_HAS_COMMITS"})
+    cases = from_tap(run.stdout.splitlines(), "c", "c.map_in_map")
+    assert run.stdout.startswith(f"TAP version 13\n1..{len(TEST_NAMES)}\n")
+    assert [c.name for c in cases] == TEST_NAMES
+    # The host kernel (newer than every commit) must show every new behaviour; the
+    # use-after-free tests may skip (taint set by someone else, no kprobes/fentry.s).
+    assert all(c.status is Status.PASS for c in cases[:3]), run.stdout
+    assert all(c.status in (Status.PASS, Status.SKIP) for c in cases[3:]), run.stdout
+    assert run.returncode == 0
+    markers = kmsg_markers(started)
+    for case in cases:
+        outcome = {Status.PASS: "pass", Status.SKIP: "skip"}[case.status]
+        assert f"bpflab: begin c::{case.name}" in markers
+        assert f"bpflab: end c::{case.name} {outcome}" in markers
