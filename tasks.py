@@ -49,6 +49,50 @@ def build(c: Context, lab: str = "", arch: str = "", variant: str = "",
     _run(lab, lambda s: main.build(s, arch or None, variant or None, commit or None))
 
 
+@task(help={"lab": LAB_HELP, "arch": "only this arch", "variant": "only this variant",
+            "commit": "only this commit (tag or sha)",
+            "force": "redo targets already finished in the run directory",
+            "run_dir": "result store (default: work/runs/<lab name>)"})
+def matrix(c: Context, lab: str = "", arch: str = "", variant: str = "", commit: str = "",
+           force: bool = False, run_dir: str = "") -> None:
+    """Build, boot and test every target; JUnit, kernel reports, the matrix report."""
+    from harness.matrix import matrix as run_matrix
+    _run(lab, lambda s: run_matrix(s, Path(run_dir) if run_dir else None, force,
+                                   arch or None, variant or None, commit or None))
+
+
+@task(help={"lab": LAB_HELP, "arch": "x86_64 or arm64",
+            "commit": "commit (tag or sha; default: the newest of the lab's history)",
+            "variant": "variant (default: base)", "init": "lean or systemd (default: the lab's guest.init)",
+            "accel": "tcg or kvm (default: the lab's guest.accel; auto probes once per host)",
+            "run": "run this command in the guest, print its output, power off",
+            "wait": "no shell: keep the guest up until Ctrl-C (for ./lab ssh)"})
+def boot(c: Context, arch: str, lab: str = "", commit: str = "", variant: str = "base",
+         init: str = "", accel: str = "", run: str = "", wait: bool = False) -> None:
+    """Build (cached) and boot one kernel; a shell in the guest, then power off."""
+    from harness.boot import options_for
+    from harness.interactive import boot_task
+    _run(lab, lambda s: boot_task(s, arch, commit or None, variant,
+                                  options_for(s.lab.guest, accel=accel, init=init), run, wait))
+
+
+@task(help={"lab": LAB_HELP, "arch": "the guest's arch (needed when several run)",
+            "command": "run this command instead of opening a shell"})
+def ssh(c: Context, lab: str = "", arch: str = "", command: str = "") -> None:
+    """Log into a guest that ./lab boot keeps running (pinned host key, lab key)."""
+    from harness.interactive import ssh_task
+    _run(lab, lambda s: ssh_task(s, arch or None, command))
+
+
+@task(help={"run_dir": "a run directory (work/runs/<lab name>)"})
+def report(c: Context, run_dir: str) -> None:
+    """Rebuild a run's table, summary.json and index.html from its store."""
+    from harness import report as rep
+    from harness.store import Store
+    table, page = rep.write_all(Store(Path(run_dir)))
+    print(f"{table}\n\nreport: {page}")
+
+
 @task(help={"fast": "unit tests only (seconds); the default also runs the end-to-end "
                     "tests against real kernels and guests",
             "k": "only tests matching this pytest -k expression"})
@@ -80,4 +124,4 @@ def setup(c: Context) -> None:
     print("setup: host packages and venv are in place")
 
 
-ns = Collection(setup, plan, build, test, bench_build)
+ns = Collection(setup, plan, build, boot, ssh, matrix, report, test, bench_build)

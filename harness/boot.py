@@ -12,12 +12,12 @@ import os
 import tempfile
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 from harness.accel import choose_accel
-from harness.config import Arch
+from harness.config import Arch, GuestSettings
 from harness.console import State, Verdict, classify, parse
 from harness.errors import LabError
 from harness.guest import Guest
@@ -80,6 +80,14 @@ class BootedGuest:
                         exited=self.guest.console_closed(), ssh_ready=self._ssh is not None,
                         silence_limit_s=float("inf"), ready_limit_s=float("inf"),
                         log=self.guest.console_log)
+
+
+def options_for(settings: GuestSettings, **overrides: object) -> BootOptions:
+    """The lab's guest settings as boot options; flags given on the command line win."""
+    accel = None if settings.accel == "auto" else settings.accel
+    base = BootOptions(accel=accel, init=settings.init, boot_timeout=settings.boot_timeout,
+                       silence_timeout=settings.silence_timeout)
+    return replace(base, **{k: v for k, v in overrides.items() if v})  # type: ignore[arg-type]
 
 
 def new_run_dir(workdir: Path, arch: Arch) -> Path:

@@ -81,6 +81,18 @@ class Variant:
     expect_reports: tuple[str, ...] = ()
 
 
+ACCELS = ("auto", "tcg", "kvm")
+INITS = ("lean", "systemd")
+
+
+@dataclass(frozen=True)
+class GuestSettings:
+    accel: str = "auto"  # auto: probe KVM once per host (bounded), else TCG
+    init: str = "lean"  # lean: bpflab-init starts network and sshd; systemd: stock boot
+    boot_timeout: float = 90.0  # s from QEMU start to SSH ready
+    silence_timeout: float = 30.0  # s without console output: a hang
+
+
 @dataclass(frozen=True)
 class Lab:
     path: Path
@@ -89,6 +101,7 @@ class Lab:
     arches: tuple[Arch, ...]
     build: BuildSettings
     variants: tuple[Variant, ...]
+    guest: GuestSettings = GuestSettings()
 
     def arch(self, name: str) -> Arch:
         return find_arch(self.arches, name, str(self.path), "--arch")
@@ -219,6 +232,22 @@ def _build(t: _Table, base: Path) -> BuildSettings:
     return BuildSettings(base_cfg, tuple(frags), jobs, ccache)
 
 
+def _guest(t: _Table) -> GuestSettings:
+    accel = t.take("accel", str, "auto")
+    if accel not in ACCELS:
+        raise ConfigError(t.file, t.key("accel"), f"one of {', '.join(ACCELS)}, got {accel!r}")
+    init = t.take("init", str, "lean")
+    if init not in INITS:
+        raise ConfigError(t.file, t.key("init"), f"one of {', '.join(INITS)}, got {init!r}")
+    times = {}
+    for name, default in (("boot_timeout", 90.0), ("silence_timeout", 30.0)):
+        times[name] = t.take(name, float, default)
+        if times[name] <= 0:
+            raise ConfigError(t.file, t.key(name), f"seconds > 0, got {times[name]}")
+    t.done()
+    return GuestSettings(accel, init, times["boot_timeout"], times["silence_timeout"])
+
+
 def _variants(raw: Any, file: str, base: Path, arches: tuple[Arch, ...]) -> tuple[Variant, ...]:
     if raw is None:
         return (Variant("base", (), ()),)
@@ -268,5 +297,6 @@ def load_lab(path: Path = DEFAULT_LAB, arches_file: Path = ARCHES_FILE) -> Lab:
     arches = tuple(find_arch(known, n, file, f"arches[{i}]") for i, n in enumerate(names))
     build = _build(top.sub("build"), base)
     variants = _variants(top.data.pop("variants", None), file, base, arches)
+    guest = _guest(top.sub("guest"))
     top.done()
-    return Lab(path, workdir, source, arches, build, variants)
+    return Lab(path, workdir, source, arches, build, variants, guest)

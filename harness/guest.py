@@ -122,6 +122,12 @@ class Guest:
         """QEMU's stdout reached EOF and every line is in: QEMU is gone."""
         return self._reader is not None and not self._reader.is_alive()
 
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise LabError("QEMU was not started")
+        return self.proc.pid
+
     def returncode(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 

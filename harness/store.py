@@ -48,9 +48,8 @@ class TargetOutcome:
 
 
 def target_dirname(target: Target) -> str:
+    """By tag when the commit has one (stable across re-imports), else short sha."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", target.commit.name)
-    if name != target.commit.short:
-        name = f"{name}-{target.commit.short}"
     return f"{name}__{target.arch.name}__{target.variant.name}"
 
 

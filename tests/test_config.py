@@ -45,6 +45,14 @@ def test_arch_aliases_resolve_to_the_canonical_arch(fake_tree: Path, write_lab: 
      "unique"),
     ("source: {debian: {versions: [6.1.192]}}\nvariants: [{name: x, patches: [no.patch]}]\n",
      "variants[0].patches[0]", "does not exist"),
+    ("source: {debian: {versions: [6.1.192]}}\nguest: {accel: hvf}\n", "guest.accel",
+     "one of auto, tcg, kvm"),
+    ("source: {debian: {versions: [6.1.192]}}\nguest: {init: openrc}\n", "guest.init",
+     "one of lean, systemd"),
+    ("source: {debian: {versions: [6.1.192]}}\nguest: {boot_timeout: -1}\n",
+     "guest.boot_timeout", "seconds > 0"),
+    ("source: {debian: {versions: [6.1.192]}}\nguest: {memory: 4G}\n", "guest.memory",
+     "unknown key"),
     ("- just\n- a list\n", "(top level)", "mapping"),
     ("source: [unclosed\n", "(file)", "valid YAML"),
 ])
@@ -75,3 +83,13 @@ def test_the_example_lab_is_valid_but_for_the_tree_it_points_at() -> None:
     with pytest.raises(ConfigError) as err:
         load_lab(PROJECT / "lab.example.yaml")
     assert err.value.key == "source.git"
+
+
+def test_the_guest_section_forces_the_accelerator_and_the_init(write_lab: Writer) -> None:
+    from harness.boot import options_for
+    lab = load_lab(write_lab("source: {debian: {versions: [6.1.192]}}\n"
+                             "guest: {accel: tcg, init: systemd, boot_timeout: 120}\n"))
+    options = options_for(lab.guest)
+    assert (options.accel, options.init, options.boot_timeout) == ("tcg", "systemd", 120.0)
+    assert options_for(lab.guest, accel="kvm", init="").accel == "kvm"  # a flag wins
+    assert options_for(load_lab(DEFAULT_LAB).guest).accel is None  # auto: probe

@@ -245,7 +245,7 @@ def kmsg_markers(since: float) -> list[str]:
                 continue
             prefix, _, text = record.partition(";")
             usec = int(prefix.split(",")[2])
-            if usec / 1e6 >= boot - 1 and "bpflab: " in text and " c::" in text:
+            if usec / 1e6 >= boot - 1 and "bpflab: " in text and " map_in_map::" in text:
                 found.append(text.strip())
     finally:
         os.close(fd)
@@ -275,5 +275,5 @@ def test_the_suite_builds_for_both_arches_and_runs_on_the_host_kernel() -> None:
     markers = kmsg_markers(started)
     for case in cases:
         outcome = {Status.PASS: "pass", Status.SKIP: "skip"}[case.status]
-        assert f"bpflab: begin c::{case.name}" in markers
-        assert f"bpflab: end c::{case.name} {outcome}" in markers
+        assert f"bpflab: begin map_in_map::{case.name}" in markers
+        assert f"bpflab: end map_in_map::{case.name} {outcome}" in markers

@@ -201,7 +201,7 @@ static void kmsg(const char *event, const char *name, const char *result)
 	char line[256];
 	int fd, len;
 
-	len = snprintf(line, sizeof(line), "<5>bpflab: %s c::%s%s%s\n", event, name,
+	len = snprintf(line, sizeof(line), "<5>bpflab: %s map_in_map::%s%s%s\n", event, name,
 		       result ? " " : "", result ? result : "");
 	/* A fresh open per line: /dev/kmsg rate-limits writes per open file. */
 	fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
