@@ -1,14 +1,18 @@
-"""Fixtures for booting real guests: the lab's workdir and the newest built kernel."""
+"""Fixtures for the real layer: the default lab's own kernels, built on demand (a cache
+hit when ./lab build or an earlier test made them), never skipped for lack of one."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
 
 from harness.config import Arch, load_arches, load_lab
+from harness.main import Session
+from harness.ops import Ops
+from harness.results import Status
 
 ARCHES = {a.name: a for a in load_arches()}
 
@@ -17,22 +21,30 @@ ARCHES = {a.name: a for a in load_arches()}
 class BuiltKernel:
     arch: Arch
     image: Path
+    vmlinux: Path
     release: str
+    commit: str
 
 
 @pytest.fixture(scope="session")
 def lab_workdir() -> Path:
-    """The default lab's workdir: its rootfs cache, keys and accel verdict are reused."""
+    """The default lab's workdir: its kernel and rootfs caches, keys and accel verdict."""
     return load_lab().workdir
 
 
+@lru_cache(maxsize=None)
+def lab_kernel(arch: str) -> BuiltKernel:
+    """The default lab's newest commit, base variant, for arch: built if not cached."""
+    session = Session(load_lab(), Ops())
+    target = session.targets(arch=arch, variant="base")[-1]
+    result = session.builder().build(target)
+    if result.status is not Status.PASS or result.artifacts is None:
+        pytest.fail(f"building {target.label} failed: {result.errors} (log {result.log})")
+    return BuiltKernel(ARCHES[arch], result.artifacts / "image", result.artifacts / "vmlinux",
+                       str(result.meta["kernel_release"]), target.commit.name)
+
+
 def newest_kernel(workdir: Path, arch: str) -> BuiltKernel:
-    """The most recently built kernel for arch in the lab's cache (built by `lab build`)."""
-    found = sorted((workdir / "cache" / "kernels").glob(f"{arch}-*/image"),
-                   key=lambda p: p.stat().st_mtime)
-    found = [p for p in found if (p.parent / "meta.json").exists()]
-    if not found:
-        pytest.skip(f"no {arch} kernel built yet in {workdir}/cache/kernels "
-                    f"(run: invoke build --arch {arch})")
-    meta = json.loads((found[-1].parent / "meta.json").read_text())
-    return BuiltKernel(ARCHES[arch], found[-1], str(meta["kernel_release"]))
+    """Kept for the boot tests' signature: the lab's kernel for arch (see lab_kernel)."""
+    assert workdir == load_lab().workdir
+    return lab_kernel(arch)
