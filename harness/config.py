@@ -79,6 +79,9 @@ class Variant:
     # Kernel report signatures (prefixes) this variant must produce, e.g. a
     # fault-injection kernel's "KASAN: use-after-free"; their absence is a failure.
     expect_reports: tuple[str, ...] = ()
+    # Upstream commits the patches undo: the suites treat them as absent, whatever the
+    # kernel's release says, and so expect the old behaviour (e.g. the UAF) on it.
+    reverts: tuple[str, ...] = ()
 
 
 ACCELS = ("auto", "tcg", "kvm")
@@ -269,8 +272,13 @@ def _variants(raw: Any, file: str, base: Path, arches: tuple[Arch, ...]) -> tupl
         only = tuple(find_arch(arches, a, file, t.key("arches")).name
                      for a in t.strings("arches"))
         expect = t.strings("expect_reports")
+        reverts = t.strings("reverts")
+        for j, cid in enumerate(reverts):
+            if not re.fullmatch(r"[0-9a-f]{7,40}", cid):
+                raise ConfigError(file, f"{t.key('reverts')}[{j}]",
+                                  f"an upstream commit id (7-40 hex digits), got {cid!r}")
         t.done()
-        out.append(Variant(name, tuple(patches), only, expect))
+        out.append(Variant(name, tuple(patches), only, expect, reverts))
     names = [v.name for v in out]
     if len(set(names)) != len(names):
         raise ConfigError(file, "variants", f"unique names, got {names}")

@@ -45,9 +45,11 @@ class Plan:
 
 
 def fingerprint(builder: Builder, target: Target) -> str:
-    """What decides a target's result: its kernel, the suites, the rootfs recipe."""
+    """What decides a target's result: its kernel, the suites, what the variant
+    declares (reverted commits, expected reports) and the rootfs recipe."""
     h = hashlib.sha256(builder.key(target).encode())
     h.update(suites_fingerprint().encode())
+    h.update(repr((target.variant.reverts, target.variant.expect_reports)).encode())
     for path in recipe_files(RECIPE):
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -230,8 +232,11 @@ class Runner:
         return present_commits(self.session.ops, repo, target.commit.sha, declared_commits())
 
     def _env(self, target: Target) -> dict[str, str]:
-        return {"BPFLAB_ARCH": target.arch.name, "BPFLAB_COMMIT": target.commit.sha,
-                "BPFLAB_VARIANT": target.variant.name}
+        env = {"BPFLAB_ARCH": target.arch.name, "BPFLAB_COMMIT": target.commit.sha,
+               "BPFLAB_VARIANT": target.variant.name}
+        if target.variant.reverts:
+            env["BPFLAB_REVERTED_COMMITS"] = " ".join(target.variant.reverts)
+        return env
 
     def _collect(self, target: Target, tdir: Path, console: Path, cases: list[junit.Case],
                  stages: dict[str, str], fields: dict[str, object],

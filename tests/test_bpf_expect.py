@@ -122,3 +122,24 @@ def test_kernel_markers_are_one_ascii_line_without_spaces_in_the_node_id() -> No
     assert end == b"<5>bpflab: end t.py::test_x failed\n"
     with pytest.raises(ValueError):
         kmsg_line("end", "t.py::test_x")
+
+
+FREE_FIX = Commit("8766733641", "6.8", (("6.1", "6.1.75"),))
+
+
+def test_a_commit_the_variant_reverts_is_absent_whatever_the_release_says(
+        tmp_path: Path) -> None:
+    listing = tmp_path / "has"
+    listing.write_text("8766733641\n")
+    reverted = kernel_under_test({"BPFLAB_REVERTED_COMMITS": "8766733641"})
+    assert not reverted.has(FREE_FIX) and reverted.has(ELEM_SIZE) is \
+        kernel_under_test({}).has(ELEM_SIZE)
+    both = kernel_under_test({"BPFLAB_HAS_COMMITS": str(listing),
+                              "BPFLAB_REVERTED_COMMITS": "87667336"})
+    assert not both.has(FREE_FIX)
+    assert "reverted by the variant: 8766733641" in reverted.source()
+
+
+def test_a_reverted_list_with_a_non_commit_is_refused() -> None:
+    with pytest.raises(ValueError, match="BPFLAB_REVERTED_COMMITS"):
+        kernel_under_test({"BPFLAB_REVERTED_COMMITS": "8766733641 HEAD~1"})

@@ -53,6 +53,8 @@ def test_arch_aliases_resolve_to_the_canonical_arch(fake_tree: Path, write_lab: 
      "guest.boot_timeout", "seconds > 0"),
     ("source: {debian: {versions: [6.1.192]}}\nguest: {memory: 4G}\n", "guest.memory",
      "unknown key"),
+    ("source: {debian: {versions: [6.1.192]}}\nvariants: [{name: x, reverts: [HEAD]}]\n",
+     "variants[0].reverts[0]", "upstream commit id"),
     ("- just\n- a list\n", "(top level)", "mapping"),
     ("source: [unclosed\n", "(file)", "valid YAML"),
 ])

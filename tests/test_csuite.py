@@ -215,3 +215,15 @@ def test_a_commit_list_overrides_the_release(kernel_check: Path, tmp_path: Path)
                           check=True).stdout.strip() == "6.1.74 lacks"
     listed.write_text("not-a-commit\n")
     assert subprocess.run([*run, str(listed)], capture_output=True).returncode == 2
+
+
+def test_a_commit_the_variant_reverts_is_absent_in_the_c_suite_too(kernel_check: Path) -> None:
+    run = [str(kernel_check), "6.1.192", "", "6.8", "6.1", "6.1.75"]
+    env = {"BPFLAB_REVERTED_COMMITS": "8766733641 20c20bd11a"}
+    assert subprocess.run(run, capture_output=True, text=True, check=True,
+                          env=env).stdout.strip() == "6.1.192 lacks"
+    env = {"BPFLAB_REVERTED_COMMITS": "20c20bd11a"}
+    assert subprocess.run(run, capture_output=True, text=True, check=True,
+                          env=env).stdout.strip() == "6.1.192 has"
+    env = {"BPFLAB_REVERTED_COMMITS": "nope"}
+    assert subprocess.run(run, capture_output=True, env=env).returncode == 2

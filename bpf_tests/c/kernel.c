@@ -92,8 +92,31 @@ int kernel_load(struct kernel *k, const char *has_commits_path)
 	if (uname(&u) || kernel_parse_release(u.release, u.version, k))
 		return -1;
 	snprintf(k->arch, sizeof(k->arch), "%s", u.machine);
+	if (kernel_set_reverted(k, getenv(REVERTED_ENV)))
+		return -1;
 	if (has_commits_path && *has_commits_path)
 		return read_ancestors(k, has_commits_path);
+	return 0;
+}
+
+/* Space-separated commit ids; a malformed one is a setup error, as in the list. */
+int kernel_set_reverted(struct kernel *k, const char *ids)
+{
+	char word[64];
+	int n = 0;
+
+	k->n_reverted = 0;
+	while (ids && sscanf(ids, " %63s%n", word, &n) == 1) {
+		if (!is_commit_id(word) || k->n_reverted == MAX_REVERTED) {
+			fprintf(stderr, "%s: '%s' is not a commit id (or too many)\n",
+				REVERTED_ENV, word);
+			return -1;
+		}
+		for (char *p = word; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+		snprintf(k->reverted[k->n_reverted++], 41, "%.40s", word);
+		ids += n;
+	}
 	return 0;
 }
 
@@ -121,6 +144,9 @@ bool kernel_has(const struct kernel *k, const struct commit *c)
 	int maj, min, patch;
 	char series[16];
 
+	for (int i = 0; i < k->n_reverted; i++)
+		if (same_commit(k->reverted[i], c->id))
+			return false;
 	if (k->has_list) {
 		for (int i = 0; i < k->n_ancestors; i++)
 			if (same_commit(k->ancestors[i], c->id))

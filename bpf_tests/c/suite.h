@@ -8,7 +8,9 @@
 #include <linux/types.h>
 
 #define HAS_COMMITS_ENV "BPFLAB_HAS_COMMITS"
+#define REVERTED_ENV "BPFLAB_REVERTED_COMMITS" /* ids a fault-injection variant undoes */
 #define MAX_ANCESTORS 4096
+#define MAX_REVERTED 16
 #define TAINT_BAD_PAGE (1UL << 5) /* taint bit 5: set by KASAN reports */
 
 /* An upstream commit: the first mainline release with it and, where it was
@@ -30,6 +32,8 @@ struct kernel {
 	bool has_list;
 	int n_ancestors;
 	char (*ancestors)[41];
+	int n_reverted;   /* absent whatever the release or the list says */
+	char reverted[MAX_REVERTED][41];
 };
 
 enum outcome { OUT_PASS, OUT_FAIL, OUT_SKIP };
@@ -49,6 +53,7 @@ struct test {
 /* kernel.c */
 int kernel_parse_release(const char *release, const char *version, struct kernel *k);
 int kernel_load(struct kernel *k, const char *has_commits_path);
+int kernel_set_reverted(struct kernel *k, const char *ids);
 bool kernel_has(const struct kernel *k, const struct commit *c);
 bool kernel_at_least(const struct kernel *k, int major, int minor);
 void commit_describe(const struct commit *c, char *buf, size_t len);

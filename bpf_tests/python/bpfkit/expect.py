@@ -18,6 +18,9 @@ from typing import Mapping
 import pytest
 
 HAS_COMMITS_ENV = "BPFLAB_HAS_COMMITS"
+# Commits a fault-injection variant undoes (space-separated ids): absent whatever the
+# release or the ancestor list says, so the old behaviour is what is expected.
+REVERTED_ENV = "BPFLAB_REVERTED_COMMITS"
 _RELEASE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?(?:-rc(\d+))?(.*)$")
 _DEBIAN = re.compile(r"Debian (\d+)\.(\d+)\.(\d+)")
 
@@ -112,16 +115,23 @@ class Kernel:
 
     version: Version
     ancestors: frozenset[str] | None = None
+    reverted: frozenset[str] = frozenset()
 
     def has(self, commit: Commit) -> bool:
+        if any(same_commit(commit.id, r) for r in self.reverted):
+            return False
         if self.ancestors is not None:
             return any(same_commit(commit.id, a) for a in self.ancestors)
         return in_release(commit, self.version)
 
     def source(self) -> str:
         if self.ancestors is not None:
-            return f"{HAS_COMMITS_ENV} list ({len(self.ancestors)} commits)"
-        return f"release {self.version.release}"
+            text = f"{HAS_COMMITS_ENV} list ({len(self.ancestors)} commits)"
+        else:
+            text = f"release {self.version.release}"
+        if self.reverted:
+            text += f", reverted by the variant: {' '.join(sorted(self.reverted))}"
+        return text
 
 
 def kernel_under_test(env: Mapping[str, str] | None = None) -> Kernel:
@@ -129,7 +139,16 @@ def kernel_under_test(env: Mapping[str, str] | None = None) -> Kernel:
     uts = os.uname()
     version = parse_release(uts.release, uts.version)
     path = env.get(HAS_COMMITS_ENV)
-    return Kernel(version, read_ancestors(path) if path else None)
+    return Kernel(version, read_ancestors(path) if path else None,
+                  parse_reverted(env.get(REVERTED_ENV, "")))
+
+
+def parse_reverted(text: str) -> frozenset[str]:
+    ids = text.split()
+    for word in ids:
+        if not re.fullmatch(r"[0-9a-fA-F]{7,40}", word):
+            raise ValueError(f"{REVERTED_ENV}: {word!r} is not a commit id")
+    return frozenset(w.lower() for w in ids)
 
 
 @dataclass(frozen=True)
