@@ -75,8 +75,9 @@ def boot_task(session: Session, arch: str, commit: str | None, variant: str,
               ops=session.ops) as guest:
         o = guest.outcome
         print(f"boot: {o.state.value} ({o.reason}); accel {o.accel}, first output "
-              f"{o.first_output_s} s, ssh {o.ssh_ready_s} s, kernel {o.kernel_release}, "
-              f"KASAN {'on' if o.kasan else 'off'}\nconsole: {o.console_log}", flush=True)
+              f"{_secs(o.first_output_s)}, ssh {_secs(o.ssh_ready_s)}, kernel "
+              f"{o.kernel_release}, KASAN {'on' if o.kasan else 'off'}\n"
+              f"console: {o.console_log}", flush=True)
         if not o.ready:
             print("\n".join(o.tail))
             return EXIT_FAILED
@@ -85,6 +86,10 @@ def boot_task(session: Session, arch: str, commit: str | None, variant: str,
             return _use(guest, reach, command, wait)
         finally:
             (guests_dir(session) / f"{arch}.json").unlink(missing_ok=True)
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
 
 
 def _publish(session: Session, target: Target, guest: BootedGuest) -> Reach:
