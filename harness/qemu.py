@@ -48,11 +48,9 @@ def fast_firmware(arch: Arch) -> Path | None:
 def kernel_cmdline(arch: Arch, init: str | None = LEAN_INIT,
                    extra: Sequence[str] = ()) -> str:
     """root=/dev/vda with no initrd; panic=-1 reboots at once on a panic, and with
-    -no-reboot that ends QEMU, so a dead kernel is seen in seconds, not at a timeout.
-    kasan_multi_shot: every KASAN report is printed, not only the first of the boot,
-    so each test's report reaches the console between its markers."""
+    -no-reboot that ends QEMU, so a dead kernel is seen in seconds, not at a timeout."""
     args = [f"console={arch.console}", "root=/dev/vda", "rw", "rootfstype=ext4",
-            "panic=-1", "kasan_multi_shot"]
+            "panic=-1"]
     if init:
         args.append(f"init={init}")
     return " ".join([*args, *extra])
