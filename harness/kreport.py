@@ -153,3 +153,19 @@ def parse(lines: Iterable[str]) -> list[Report]:
                 close()
     close()
     return reports
+
+
+KEEP_PER_KEY = 3
+
+
+def bounded(reports: list[Report], keep: int = KEEP_PER_KEY) -> tuple[list[Report], int]:
+    """The first `keep` reports of each (signature, test): a reproducer in a loop can
+    print thousands of the same report; the rest are counted, not stored or attached."""
+    seen: dict[tuple[str, str | None], int] = {}
+    kept: list[Report] = []
+    for report in reports:
+        key = (report.signature, report.test)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] <= keep:
+            kept.append(report)
+    return kept, len(reports) - len(kept)

@@ -244,7 +244,9 @@ class Runner:
         lines = console.read_text(errors="replace").splitlines() if console.exists() else []
         if console.exists():
             shutil.copy2(console, tdir / "console.log")
-        reports = kreport.parse(lines)
+        reports, dropped = kreport.bounded(kreport.parse(lines))
+        if dropped:
+            fields["reports_not_kept"] = dropped
         self.store.save_reports(target, reports)
         tied = junit.tie_reports(cases, reports, target.variant.expect_reports) \
             if stages["boot"] == "pass" else cases

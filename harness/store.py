@@ -36,6 +36,7 @@ class TargetOutcome:
     counts: dict[str, int] = field(default_factory=dict)
     signatures: tuple[str, ...] = ()
     expected_reports: tuple[str, ...] = ()
+    reports_not_kept: int = 0  # repeats of one (signature, test) beyond kreport.bounded
 
     @property
     def status(self) -> Status:

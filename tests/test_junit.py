@@ -92,3 +92,12 @@ def test_a_marker_node_id_finds_its_case_by_module_and_name() -> None:
     assert junit.case_for(UAF, cases()) == cases()[0]
     assert junit.case_for("other.py::test_lookup_returns_inner_id", cases()) == cases()[1]
     assert junit.case_for("x.py::test_nothing_like_it", cases()) is None
+
+
+def test_a_flood_of_one_report_keeps_the_first_few_per_test_and_counts_the_rest() -> None:
+    from harness import kreport
+    one = kreport.Report("KASAN", "KASAN: use-after-free Read in f", "t", "text", 1, "a::b")
+    other = kreport.Report("KASAN", "KASAN: use-after-free Read in f", "t", "text", 9, "a::c")
+    kept, dropped = kreport.bounded([one] * 1000 + [other])
+    assert kept == [one] * kreport.KEEP_PER_KEY + [other]
+    assert dropped == 1000 - kreport.KEEP_PER_KEY

@@ -145,6 +145,11 @@ def test_inner_map_replaced_while_programs_update_it_is_not_used_after_free(
         request: pytest.FixtureRequest) -> None:
     if os.cpu_count() == 1:
         pytest.skip("one CPU: the replacing child cannot run during a program run")
+    fix = commits["8766733641"]
+    if not fix.present and read_taint() & TAINT_BAD_PAGE:
+        # KASAN reports once per boot: a kernel without the fix has nothing left to show
+        pytest.skip(f"kernel {fix.kernel.version.release} lacks {fix.commit.id} and taint "
+                    "bit 5 is already set: a new report could not be seen")
     outer = maps.outer(maps.array(4, 1))
     maps.put(outer, 0, maps.array(4, 1))
     prog = load(PROG_SOCKET_FILTER, update_loop(outer.fd))
