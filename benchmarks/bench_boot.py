@@ -5,8 +5,8 @@
         [--init lean|systemd] [--fresh-rootfs]
 
 The rootfs time is the cached image's recorded build time, or, with --fresh-rootfs,
-a new build in a scratch workdir (the lab's cache is left alone). Kernels are the
-newest built ones in <workdir>/cache/kernels/<arch>-*/image."""
+a new build in a scratch workdir (the lab's cache is left alone). The kernel is the
+default lab's newest commit (base variant), built first if it is not cached."""
 
 from __future__ import annotations
 
@@ -21,14 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.boot import BootOptions, boot  # noqa: E402
 from harness.config import Arch, load_lab  # noqa: E402
+from harness.main import Session  # noqa: E402
 from harness.ops import Ops  # noqa: E402
 from harness.rootfs import ensure_rootfs  # noqa: E402
 
 
-def newest_kernel(workdir: Path, arch: Arch) -> Path | None:
-    found = sorted((workdir / "cache" / "kernels").glob(f"{arch.name}-*/image"),
-                   key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+def lab_kernel(session: Session, arch: Arch) -> Path | None:
+    """The default lab's newest commit, base variant: built if not cached."""
+    target = session.targets(arch=arch.name, variant="base")[-1]
+    return session.builder().build(target).image
 
 
 def rootfs_seconds(workdir: Path, arch: Arch, fresh: bool, ops: Ops) -> float:
@@ -62,9 +63,9 @@ def main() -> int:
     for arch in arches:
         built = rootfs_seconds(lab.workdir, arch, args.fresh_rootfs, ops)
         print(f"{arch.name}: rootfs build {built:.1f} s", flush=True)
-        kernel = newest_kernel(lab.workdir, arch)
+        kernel = lab_kernel(Session(lab, ops), arch)
         if kernel is None:
-            print(f"{arch.name}: no kernel built yet, boots skipped")
+            print(f"{arch.name}: the kernel did not build, boots skipped")
             continue
         times = []
         for i in range(args.boots):

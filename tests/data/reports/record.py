@@ -1,7 +1,7 @@
 """Record the real console logs the report parser is tested on: boot the default
 lab's kernel for each arch and provoke reports with LKDTM between bpflab markers.
 
-    .venv/bin/python tests/data/reports/record.py [--arch x86_64|arm64]
+    .venv/bin/python tests/data/reports/record.py [--arch x86_64|arm64] [--commit C]
 
 Writes tests/data/console/<arch>_lkdtm_reports.log (KASAN use-after-free and
 slab-out-of-bounds, WARNING, BUG/Oops inside markers, a WARNING outside any) and
@@ -36,13 +36,15 @@ def provoke(name: str) -> str:
     return f"echo {name} > {DIRECT}"
 
 
-def record(session: Session, arch: str) -> None:
-    target = session.targets(arch=arch, variant="base")[-1]
+def record(session: Session, arch: str, commit: str | None) -> None:
+    target = session.targets(arch=arch, variant="base", commit=commit)[-1]
     result = session.builder().build(target)
     assert result.image is not None, result.errors
     workdir = session.lab.workdir
     run = workdir / "runs" / f"record-{arch}"
-    with boot(workdir, target.arch, result.image, BootOptions(), run_dir=run / "a") as g:
+    # KASAN reports once per boot unless told otherwise: here every report is wanted.
+    multi = BootOptions(cmdline_extra=("kasan_multi_shot",))
+    with boot(workdir, target.arch, result.image, multi, run_dir=run / "a") as g:
         assert g.outcome.ready, g.outcome.reason
         for name in IN_TESTS:
             # BUG kills the shell that wrote it (an Oops in process context): that
@@ -66,10 +68,11 @@ def record(session: Session, arch: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", action="append", choices=["x86_64", "arm64"])
+    parser.add_argument("--commit", help="a commit of the default lab (default: newest)")
     args = parser.parse_args()
     session = Session(load_lab(), Ops(verbose=False))
     for arch in args.arch or ["x86_64", "arm64"]:
-        record(session, arch)
+        record(session, arch, args.commit)
 
 
 if __name__ == "__main__":
