@@ -1,0 +1,99 @@
+"""End to end: the built-in default lab through invoke matrix's own code path: real
+builds (cached), real guests, both suites, kernel reports, the store and the report;
+then a rerun that resumes from the store and boots nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from harness import matrix
+from harness.boot import boot
+from harness.config import load_lab
+from harness.main import EXIT_OK, Session
+from harness.ops import Ops
+
+pytestmark = pytest.mark.e2e
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def counting(calls: list[str]) -> Any:
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(str(args[2]))
+        return boot(*args, **kwargs)
+    return counted
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, list[str]]]:
+    run_dir = tmp_path_factory.mktemp("matrix") / "run"
+    calls: list[str] = []
+    code = matrix.matrix(Session(load_lab(), Ops()), run_dir, False, None, None, None,
+                         counting(calls))
+    yield run_dir, code, calls
+
+
+def test_every_target_of_the_default_lab_ran_as_expected(run: tuple[Path, int, list[str]]) -> None:
+    run_dir, code, calls = run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    labels = sorted(f"{t['name']} {t['arch']} {t['variant']}" for t in summary["targets"])
+    assert labels == ["v6.1.190 arm64 base", "v6.1.190 x86_64 base",
+                      "v6.1.190 x86_64 uaf-inject", "v6.1.192 arm64 base",
+                      "v6.1.192 x86_64 base", "v6.1.192 x86_64 uaf-inject"]
+    assert len(calls) == 6
+    assert code == EXIT_OK, json.dumps(summary["targets"], indent=1)[:4000]
+
+
+def test_each_target_left_its_files(run: tuple[Path, int, list[str]]) -> None:
+    run_dir, _, _ = run
+    for target in sorted((run_dir / "targets").iterdir()):
+        for name in ("junit.xml", "console.log", "build.log", "metadata.json", "suites.log"):
+            assert (target / name).stat().st_size > 0, (target.name, name)
+        meta = json.loads((target / "metadata.json").read_text())
+        assert meta["accel"] in ("tcg", "kvm") and meta["kernel_release"].startswith("6.1.")
+
+
+def test_the_fault_injection_report_is_tied_to_the_uaf_test(
+        run: tuple[Path, int, list[str]]) -> None:
+    run_dir, _, _ = run
+    for name in ("v6.1.190", "v6.1.192"):
+        target = run_dir / "targets" / f"{name}__x86_64__uaf-inject"
+        (report,) = sorted((target / "kasan").glob("*.txt"))
+        head = report.read_text().splitlines()
+        assert head[0].startswith("# KASAN: use-after-free"), head[:3]
+        assert head[1].startswith("# test: test_map_in_map_free.py::test_inner_map_replaced"), head
+        assert "expected kernel report(s)" in (target / "junit.xml").read_text()
+    for base in (run_dir / "targets").glob("*__base"):
+        assert not (base / "kasan").exists() or not any((base / "kasan").iterdir()), base
+
+
+def test_the_merged_junit_holds_every_target(run: tuple[Path, int, list[str]]) -> None:
+    run_dir, _, _ = run
+    from junitparser import JUnitXml
+    suites = [s.name for s in JUnitXml.fromfile(str(run_dir / "junit.xml"))]
+    assert sorted(suites) == sorted(f"{a}/{c}/{v}" for c in ("v6.1.190", "v6.1.192")
+                                    for a, v in (("x86_64", "base"), ("arm64", "base"),
+                                                 ("x86_64", "uaf-inject")))
+
+
+def test_a_rerun_resumes_from_the_store_without_booting(
+        run: tuple[Path, int, list[str]]) -> None:
+    run_dir, first_code, _ = run
+    calls: list[str] = []
+    code = matrix.matrix(Session(load_lab(), Ops()), run_dir, False, None, None, None,
+                         counting(calls))
+    assert calls == [] and code == first_code
+
+
+def test_invoke_report_rebuilds_the_page_from_the_store(
+        run: tuple[Path, int, list[str]]) -> None:
+    run_dir, _, _ = run
+    (run_dir / "index.html").unlink()
+    done = subprocess.run([str(PROJECT / "lab"), "report", str(run_dir)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "uaf-inject" in done.stdout and (run_dir / "index.html").exists()
