@@ -78,15 +78,32 @@ def transitions(cells: list[Cell]) -> list[dict[str, str | None]]:
     return rows
 
 
+def report_tests(cell: Cell) -> dict[str, list[str]]:
+    """signature -> the tests whose markers held it, from the headers of kasan/*.txt."""
+    found: dict[str, list[str]] = {}
+    for path in sorted((cell.path / "kasan").glob("*.txt")):
+        head = path.read_text(errors="replace").splitlines()[:2]
+        if len(head) == 2 and head[0].startswith("# ") and head[1].startswith("# test: "):
+            tests = found.setdefault(head[0][2:], [])
+            test = head[1][len("# test: "):]
+            if test not in tests:
+                tests.append(test)
+    return found
+
+
 def signatures(cells: list[Cell]) -> list[dict[str, object]]:
     seen: dict[str, dict[str, object]] = {}
     for cell in cells:
+        tests = report_tests(cell)
         for sig in cell.outcome.signatures:
             entry = seen.setdefault(sig, {"signature": sig, "where": [], "first_seen": None,
                                           "last_seen": None})
             where = entry["where"]
             assert isinstance(where, list)
-            where.append(f"{cell.outcome.name} {cell.column}")
+            expected = any(sig.startswith(e) for e in cell.outcome.expected_reports)
+            note = ", ".join(tests.get(sig, [])) + (" - expected by the variant"
+                                                    if expected else "")
+            where.append(f"{cell.outcome.name} {cell.column}" + (f" ({note})" if note else ""))
             entry["first_seen"] = entry["first_seen"] or cell.outcome.name
             entry["last_seen"] = cell.outcome.name
     return list(seen.values())

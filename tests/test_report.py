@@ -55,3 +55,20 @@ def test_the_report_shows_every_cell_transitions_and_signatures(tmp_path: Path) 
     assert summary["reports"][0]["where"] == ["v6.1.176 x86_64/uaf-inject"]
     html = page.read_text()
     assert 'id="matrix"' in html and sig in html and "junit.xml" in html
+
+
+def test_a_report_names_the_test_it_was_tied_to_and_whether_it_was_expected(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    sig = "KASAN: use-after-free Read in array_map_update_elem"
+    o = outcome("v6.1.192", 0, "x86_64", "uaf-inject", (sig,))
+    o = TargetOutcome(**{**asdict(o), "expected_reports": ("KASAN: use-after-free",)})
+    put(store, o, {"test_a": Status.PASS})
+    (tmp_path / "targets" / "v6.1.192__x86_64__uaf-inject" / "kasan").mkdir()
+    (tmp_path / "targets" / "v6.1.192__x86_64__uaf-inject" / "kasan" / "01-kasan.txt") \
+        .write_text(f"# {sig}\n# test: test_free.py::test_uaf\n# console line 3\nBUG: ...\n")
+    text, page = report.write_all(store)
+    where = json.loads((tmp_path / "summary.json").read_text())["reports"][0]["where"]
+    assert where == ["v6.1.192 x86_64/uaf-inject (test_free.py::test_uaf - expected by the "
+                     "variant)"]
+    assert "test_free.py::test_uaf" in page.read_text() and "test_free.py::test_uaf" in text
