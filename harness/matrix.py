@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, TypeVar
 
 from harness import junit, kreport, report
 from harness.boot import boot, options_for
@@ -24,15 +24,17 @@ from harness.main import EXIT_FAILED, EXIT_LAB, EXIT_OK, Session
 from harness.progress import fmt_secs
 from harness.results import Status, write_atomic
 from harness.rootfs import RECIPE, recipe_files
-from harness.ssh import SSHError
+from harness.ssh import GuestSSH, SSHError
 from harness.store import Store, TargetOutcome, counts
-from harness.suites import (C_CLASS, declared_commits, present_commits, run_suites,
+from harness.suites import (C_CLASS, SuiteRun, combine, declared_commits, install,
+                            kasan_tainted, present_commits, run_c, run_python,
                             suites_fingerprint)
 
 
 # The seam to QEMU and SSH: boot(workdir, arch, image, options, run_dir=...) is a
 # context manager yielding a booted guest (harness.boot.BootedGuest's interface).
 BootFn = Callable[..., ContextManager[Any]]
+T = TypeVar("T")
 # The seam to the C suite's build: (workdir, arch, vmlinux, ops) -> the binary.
 CSuiteFn = Callable[[Path, Arch, Path, Ops], Path]
 
@@ -109,6 +111,7 @@ class Runner:
         self.c_suite = c_suite_fn
         self.started = time.monotonic()
         self.done_s: list[float] = []
+        self.work_s = 0.0  # seconds the current target's suites ran
 
     def run(self, todo: list[Target]) -> None:
         built: queue.Queue[tuple[Target, BuildResult | BaseException]] = queue.Queue(maxsize=1)
@@ -173,39 +176,75 @@ class Runner:
 
     def _boot_and_test(self, target: Target, result: BuildResult, tdir: Path,
                        durations: dict[str, float]) -> None:
+        """Boot, run the suites, shut down. KASAN reports once per boot: when the
+        Python suite leaves the kernel tainted, the C suite gets a fresh boot so its
+        reproducers can show their own reports."""
         assert result.image is not None
-        lab = self.session.lab
+        image = result.image
         started = time.monotonic()
         stages = {"build": "pass", "boot": "error", "tests": "skip"}
         fields: dict[str, object] = {"kernel_release": str(result.meta.get("kernel_release", ""))}
         c_binary, cases = self._c_suite(target, result)
+        boots: list[Any] = []
+        consoles: list[Path] = []
+        out = tdir / "suites"
+
+        def first(ssh: GuestSSH) -> tuple[SuiteRun, bool]:
+            exports = install(ssh, out, self._env(target), c_binary, self._has_commits(target))
+            python = run_python(ssh, out, exports)
+            if python.error or c_binary is None:
+                return python, False
+            if kasan_tainted(ssh):
+                return python, True
+            return combine(python, run_c(ssh, exports)), False
+
+        def again(ssh: GuestSSH) -> SuiteRun:
+            return run_c(ssh, install(ssh, out, self._env(target), c_binary,
+                                      self._has_commits(target)))
+        self.work_s = 0.0
         try:
-            with self.boot(lab.workdir, target.arch, result.image, options_for(lab.guest),
-                           run_dir=tdir / "guest") as guest:
-                fields["accel"] = guest.outcome.accel
-                durations["boot"] = round(guest.outcome.ssh_ready_s or 0.0, 1)
-                fields["exit_reason"] = f"{guest.outcome.state.value}: {guest.outcome.reason}"
-                if not guest.outcome.ready:
-                    stages["boot"] = "fail"
-                else:
-                    stages["boot"] = "pass"
-                    t0 = time.monotonic()
-                    suites = run_suites(guest.ssh, tdir / "suites", self._env(target),
-                                        c_binary=c_binary,
-                                        has_commits=self._has_commits(target))
-                    durations["tests"] = round(time.monotonic() - t0, 1)
-                    write_atomic(tdir / "suites.log", suites.log)
-                    cases += suites.cases
-                    stages["tests"] = "error" if suites.error else "pass"
-                    if suites.error:
-                        fields["errors"] = (suites.error,)
-                    self._shutdown(guest)
-                console = guest.guest.console_log
+            done = self._in_guest(target, image, tdir / "guest", boots, consoles, first)
+            if done is not None:
+                suites, fresh_boot_for_c = done
+                if fresh_boot_for_c:
+                    print("   KASAN tainted the kernel: the C suite gets a fresh boot")
+                    second = self._in_guest(target, image, tdir / "guest-c", boots, consoles,
+                                            again)
+                    suites = combine(suites, second or SuiteRun((), "", "the C suite's "
+                                                                "fresh boot did not come up"))
+                durations["tests"] = round(self.work_s, 1)
+                write_atomic(tdir / "suites.log", suites.log)
+                cases += suites.cases
+                stages["tests"] = "error" if suites.error else "pass"
+                if suites.error:
+                    fields["errors"] = (suites.error,)
         except (LabError, SSHError) as exc:
             fields["errors"] = (f"{type(exc).__name__}: {exc}",)
-            console = tdir / "guest" / "console.log"
+        if boots:
+            o = boots[0]
+            stages["boot"] = "pass" if o.ready else "fail"
+            fields.update(accel=o.accel, exit_reason=f"{o.state.value}: {o.reason}")
+            durations["boot"] = round(o.ssh_ready_s or 0.0, 1)
         durations["total_guest"] = round(time.monotonic() - started, 1)
-        self._collect(target, tdir, console, cases, stages, fields, durations)
+        self._collect(target, tdir, consoles or [tdir / "guest" / "console.log"], cases,
+                      stages, fields, durations)
+
+    def _in_guest(self, target: Target, image: Path, run_dir: Path, boots: list[Any],
+                  consoles: list[Path], work: Callable[[GuestSSH], T]) -> T | None:
+        """One boot: record its outcome and console; run `work` if SSH is up; power off."""
+        lab = self.session.lab
+        with self.boot(lab.workdir, target.arch, image, options_for(lab.guest),
+                       run_dir=run_dir) as guest:
+            boots.append(guest.outcome)
+            consoles.append(guest.guest.console_log)
+            if not guest.outcome.ready:
+                return None
+            t0 = time.monotonic()
+            try:
+                return work(guest.ssh)
+            finally:
+                self.work_s += time.monotonic() - t0
+                self._shutdown(guest)
 
     def _c_suite(self, target: Target, result: BuildResult) -> tuple[Path | None,
                                                                       list[junit.Case]]:
@@ -238,13 +277,14 @@ class Runner:
             env["BPFLAB_REVERTED_COMMITS"] = " ".join(target.variant.reverts)
         return env
 
-    def _collect(self, target: Target, tdir: Path, console: Path, cases: list[junit.Case],
-                 stages: dict[str, str], fields: dict[str, object],
+    def _collect(self, target: Target, tdir: Path, consoles: list[Path],
+                 cases: list[junit.Case], stages: dict[str, str], fields: dict[str, object],
                  durations: dict[str, float]) -> None:
-        lines = console.read_text(errors="replace").splitlines() if console.exists() else []
-        if console.exists():
-            shutil.copy2(console, tdir / "console.log")
-        reports, dropped = kreport.bounded(kreport.parse(lines))
+        parsed: list[kreport.Report] = []
+        for i, console in enumerate(c for c in consoles if c.exists()):
+            shutil.copy2(console, tdir / ("console.log" if i == 0 else f"console-{i + 1}.log"))
+            parsed += kreport.parse(console.read_text(errors="replace").splitlines())
+        reports, dropped = kreport.bounded(parsed)
         if dropped:
             fields["reports_not_kept"] = dropped
         self.store.save_reports(target, reports)

@@ -57,6 +57,16 @@ def run_suites(ssh: GuestSSH, out_dir: Path, env: dict[str, str],
                c_binary: Path | None = None, has_commits: list[str] | None = None) -> SuiteRun:
     """Copy the suites in, run the Python suite (and the C one when given). With
     has_commits, the suites judge by that list of present upstream commits."""
+    exports = install(ssh, out_dir, env, c_binary, has_commits)
+    python = run_python(ssh, out_dir, exports)
+    if python.error or not c_binary:
+        return python
+    return combine(python, run_c(ssh, exports))
+
+
+def install(ssh: GuestSSH, out_dir: Path, env: dict[str, str], c_binary: Path | None = None,
+            has_commits: list[str] | None = None) -> str:
+    """Copy the suites (and the C binary) to the guest; returns the env exports."""
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = {"c/bpf_map_in_map": c_binary} if c_binary else {}
     env = dict(env)
@@ -70,25 +80,38 @@ def run_suites(ssh: GuestSSH, out_dir: Path, env: dict[str, str],
     ssh.run(f"rm -rf {REMOTE} && mkdir -p {REMOTE}", check=True)
     ssh.put(tarball, f"{REMOTE}.tar.gz")
     ssh.run(f"tar -xzf {REMOTE}.tar.gz -C {REMOTE}", check=True)
-    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-    cases: list[Case] = []
-    logs: list[str] = []
+    return " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+
+
+def run_python(ssh: GuestSSH, out_dir: Path, exports: str) -> SuiteRun:
     py = ssh.run(f"cd {REMOTE} && {exports} python3 -m pytest python -p no:cacheprovider "
                  f"-q -rs --junitxml={REMOTE}/python.xml", timeout=SUITE_TIMEOUT)
-    logs.append(f"$ python suite (exit {py.exit_status})\n{py.stdout}{py.stderr}")
+    log = f"$ python suite (exit {py.exit_status})\n{py.stdout}{py.stderr}"
     try:
         ssh.get(f"{REMOTE}/python.xml", out_dir / "python.xml")
-        cases += from_junit(out_dir / "python.xml", "python")
     except SSHError as exc:
-        return SuiteRun(tuple(cases), "\n".join(logs), f"python suite left no JUnit: {exc}")
-    if c_binary:
-        c = ssh.run(f"cd {REMOTE} && {exports} ./c/bpf_map_in_map", timeout=SUITE_TIMEOUT)
-        logs.append(f"$ C suite (exit {c.exit_status})\n{c.stdout}{c.stderr}")
-        cases += from_tap(c.stdout.splitlines(), "c", C_CLASS)
-        if c.exit_status not in (0, 1):
-            cases.append(Case("c", C_CLASS, "suite-exit", Status.ERROR,
-                              message=f"C suite exited {c.exit_status}"))
-    return SuiteRun(tuple(cases), "\n".join(logs))
+        return SuiteRun((), log, f"python suite left no JUnit: {exc}")
+    return SuiteRun(tuple(from_junit(out_dir / "python.xml", "python")), log)
+
+
+def run_c(ssh: GuestSSH, exports: str) -> SuiteRun:
+    c = ssh.run(f"cd {REMOTE} && {exports} ./c/bpf_map_in_map", timeout=SUITE_TIMEOUT)
+    cases = from_tap(c.stdout.splitlines(), "c", C_CLASS)
+    if c.exit_status not in (0, 1):
+        cases.append(Case("c", C_CLASS, "suite-exit", Status.ERROR,
+                          message=f"C suite exited {c.exit_status}"))
+    return SuiteRun(tuple(cases), f"$ C suite (exit {c.exit_status})\n{c.stdout}{c.stderr}")
+
+
+def combine(*runs: SuiteRun) -> SuiteRun:
+    return SuiteRun(tuple(c for r in runs for c in r.cases), "\n".join(r.log for r in runs),
+                    "; ".join(r.error for r in runs if r.error))
+
+
+def kasan_tainted(ssh: GuestSSH) -> bool:
+    """Taint bit 5: KASAN has reported in this boot (it reports once per boot)."""
+    out = ssh.run("cat /proc/sys/kernel/tainted", timeout=30, check=True).stdout
+    return bool(int(out.strip() or 0) & (1 << 5))
 
 
 DECLARED_RE = re.compile(r'introduced\("([0-9a-f]{7,40})"')

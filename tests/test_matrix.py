@@ -37,13 +37,16 @@ def fake_c_suite(workdir: Path, arch: Any, vmlinux: Path, ops: Any) -> Path:
 
 
 class FakeSSH:
-    def __init__(self, result: str) -> None:
+    def __init__(self, result: str, tainted: bool = False) -> None:
         self.result = result
+        self.tainted = tainted
         self.commands: list[str] = []
 
     def run(self, command: str, timeout: float = 60.0, check: bool = False) -> CommandResult:
         self.commands.append(command)
         out = C_TAP if "bpf_map_in_map" in command else ""
+        if "kernel/tainted" in command:
+            out = "32\n" if self.tainted else "0\n"
         return CommandResult(command, 0, out, "", 0.01)
 
     def put(self, local: Path, remote: str) -> None:
@@ -54,16 +57,16 @@ class FakeSSH:
 
 
 class FakeBooted:
-    def __init__(self, run_dir: Path, ready: bool, result: str) -> None:
+    def __init__(self, run_dir: Path, ready: bool, result: str, tainted: bool = False) -> None:
         self.outcome = type("O", (), {"ready": ready, "accel": "tcg", "ssh_ready_s": 4.2,
                                       "state": State.READY if ready else State.PANIC,
                                       "reason": "ssh answered" if ready else "panic"})()
-        self.ssh = FakeSSH(result)
+        self.ssh = FakeSSH(result, tainted)
         self.guest = type("G", (), {"console_log": run_dir / "console.log"})()
 
 
 def fake_boot(calls: list[str], crash_on: int | None = None, ready: bool = True,
-              result: str = "") -> Callable[..., Any]:
+              result: str = "", tainted: bool = False) -> Callable[..., Any]:
     @contextmanager
     def boot(workdir: Path, arch: Any, image: Path, options: Any,
              run_dir: Path) -> Iterator[FakeBooted]:
@@ -72,7 +75,7 @@ def fake_boot(calls: list[str], crash_on: int | None = None, ready: bool = True,
             raise KeyboardInterrupt
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(CLEAN_BOOT, run_dir / "console.log")
-        yield FakeBooted(run_dir, ready, result)
+        yield FakeBooted(run_dir, ready, result, tainted)
     return boot
 
 
@@ -157,3 +160,15 @@ def test_a_c_suite_that_does_not_build_is_an_error_case_and_python_still_runs(
     meta = json.loads((tmp_path / "run/targets/v1__x86_64__base/metadata.json").read_text())
     # the two Python cases and kernel-health pass; the C suite is one error
     assert meta["counts"]["error"] == 1 and meta["counts"]["pass"] == 3
+
+
+def test_a_kernel_left_tainted_by_the_python_suite_gives_the_c_suite_a_fresh_boot(
+        session: Session, tmp_path: Path) -> None:
+    calls: list[str] = []
+    code = run_matrix(session, tmp_path / "run", False, "x86_64", None, "v1",
+                      fake_boot(calls, tainted=True))
+    assert code == EXIT_OK and len(calls) == 2
+    target = tmp_path / "run/targets/v1__x86_64__base"
+    assert (target / "console.log").exists() and (target / "console-2.log").exists()
+    junit = (target / "junit.xml").read_text()
+    assert 'classname="c.map_in_map"' in junit and 'classname="python.' in junit
