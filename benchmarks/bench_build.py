@@ -43,7 +43,8 @@ def bench_arch(session: Session, arch: str, cold: bool) -> list[dict[str, object
         shutil.rmtree(session.lab.workdir / "ccache", ignore_errors=True)
         rows.append(timed("cold (empty build dir and ccache)", builder, target))
     else:
-        builder.build(target)  # make sure a build exists
+        # not a cache lookup: the build dir may hold another commit or variant
+        builder.build(target, force=True)
     rows.append(timed("no-op make", builder, target))
     touched = builder.checkout.path / "kernel/bpf/map_in_map.c"
     os.utime(touched)
