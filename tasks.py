@@ -88,8 +88,10 @@ def ssh(c: Context, lab: str = "", arch: str = "", command: str = "") -> None:
 def report(c: Context, run_dir: str) -> None:
     """Rebuild a run's table, summary.json and index.html from its store."""
     from harness import report as rep
-    from harness.store import Store
-    table, page = rep.write_all(Store(Path(run_dir)))
+    try:
+        table, page = rep.rebuild(Path(run_dir))
+    except UserError as exc:
+        raise Exit(f"error: {exc}", main.EXIT_LAB) from None
     print(f"{table}\n\nreport: {page}")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harness.junit import Case, from_junit
 from harness.results import Status, write_atomic, write_json
+from harness.errors import UserError
 from harness.store import Store, TargetOutcome
 
 BAD = (Status.FAIL, Status.ERROR)
@@ -134,6 +135,14 @@ def table(cells: list[Cell]) -> str:
     for sig in signatures(cells):
         lines.append(f"  report: {sig['signature']}  ({', '.join(map(str, sig['where']))})")  # type: ignore[call-overload]
     return "\n".join(lines)
+
+
+def rebuild(root: Path) -> tuple[str, Path]:
+    """invoke report: the table and page of an existing run directory."""
+    if not (root / "targets").is_dir():
+        raise UserError(f"{root}: not a run directory (no targets/ in it; matrix runs "
+                        "are stored in <workdir>/runs/<lab name>)")
+    return write_all(Store(root))
 
 
 def write_all(store: Store) -> tuple[str, Path]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from harness import junit, report
 from harness.junit import Case
 from harness.results import Status, write_json
@@ -72,3 +74,11 @@ def test_a_report_names_the_test_it_was_tied_to_and_whether_it_was_expected(
     assert where == ["v6.1.192 x86_64/uaf-inject (test_free.py::test_uaf - expected by the "
                      "variant)"]
     assert "test_free.py::test_uaf" in page.read_text() and "test_free.py::test_uaf" in text
+
+
+def test_rebuilding_a_directory_that_is_not_a_run_is_refused_and_writes_nothing(
+        tmp_path: Path) -> None:
+    from harness.errors import UserError
+    with pytest.raises(UserError, match="not a run directory"):
+        report.rebuild(tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()
