@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Callable
@@ -20,8 +21,15 @@ from harness.ops import Ops
 LAB_HELP = "lab file (default: the built-in lab.yaml)"
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (CI timeouts, kill) unwinds like Ctrl-C: guests down
+
+
 def _run(lab: str, body: Callable[[main.Session], int]) -> None:
     """Map outcomes to exit codes: 0 ok, 1 tests or builds failed, 2 the lab broke."""
+    signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = body(main.Session(load_lab(Path(lab) if lab else DEFAULT_LAB), Ops()))
     except UserError as exc:
