@@ -235,10 +235,14 @@ class Runner:
         lab = self.session.lab
         with self.boot(lab.workdir, target.arch, image, options_for(lab.guest),
                        run_dir=run_dir) as guest:
-            boots.append(guest.outcome)
+            o = guest.outcome
+            boots.append(o)
             consoles.append(guest.guest.console_log)
-            if not guest.outcome.ready:
+            ready = f" after {o.ssh_ready_s:.1f} s" if o.ssh_ready_s else f": {o.reason}"
+            print(f"   boot ({o.accel}): {o.state.value}{ready}", flush=True)
+            if not o.ready:
                 return None
+            print("   suites: running", flush=True)
             t0 = time.monotonic()
             try:
                 return work(guest.ssh)
