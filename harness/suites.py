@@ -32,8 +32,9 @@ def suites_fingerprint(root: Path = SUITES) -> str:
 
 
 def _shipped(path: Path) -> bool:
+    """What the guest gets and what decides results: not caches, not documentation."""
     return "__pycache__" not in path.parts and ".pytest_cache" not in path.parts \
-        and path.suffix not in (".pyc", ".o")
+        and path.suffix not in (".pyc", ".o", ".md")
 
 
 def suites_tarball(root: Path = SUITES, extra: dict[str, Path] | None = None) -> bytes:

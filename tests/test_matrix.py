@@ -172,3 +172,13 @@ def test_a_kernel_left_tainted_by_the_python_suite_gives_the_c_suite_a_fresh_boo
     assert (target / "console.log").exists() and (target / "console-2.log").exists()
     junit = (target / "junit.xml").read_text()
     assert 'classname="c.map_in_map"' in junit and 'classname="python.' in junit
+
+
+def test_documentation_does_not_change_the_suites_fingerprint(tmp_path: Path) -> None:
+    from harness.suites import suites_fingerprint
+    shutil.copytree(Path(__file__).parents[1] / "bpf_tests", tmp_path / "suites")
+    before = suites_fingerprint(tmp_path / "suites")
+    (tmp_path / "suites" / "COVERAGE.md").write_text("edited\n")
+    assert suites_fingerprint(tmp_path / "suites") == before
+    (tmp_path / "suites" / "python" / "conftest.py").write_text("# edited\n")
+    assert suites_fingerprint(tmp_path / "suites") != before
