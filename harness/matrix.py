@@ -46,14 +46,20 @@ class Plan:
     fingerprints: dict[Target, str]
 
 
-def fingerprint(builder: Builder, target: Target) -> str:
-    """What decides a target's result: its kernel, the suites, what the variant
-    declares (reverted commits, expected reports) and the rootfs recipe."""
-    h = hashlib.sha256(builder.key(target).encode())
-    h.update(suites_fingerprint().encode())
-    h.update(repr((target.variant.reverts, target.variant.expect_reports)).encode())
+def shared_fingerprint() -> bytes:
+    """What every target's result depends on alike: the suites and the rootfs recipe."""
+    h = hashlib.sha256(suites_fingerprint().encode())
     for path in recipe_files(RECIPE):
         h.update(path.read_bytes())
+    return h.digest()
+
+
+def fingerprint(builder: Builder, target: Target, shared: bytes) -> str:
+    """What decides a target's result: its kernel, what the variant declares
+    (reverted commits, expected reports), and the shared part (suites, rootfs)."""
+    h = hashlib.sha256(builder.key(target).encode())
+    h.update(shared)
+    h.update(repr((target.variant.reverts, target.variant.expect_reports)).encode())
     return h.hexdigest()[:16]
 
 
@@ -70,7 +76,8 @@ def matrix(session: Session, run_dir: Path | None, force: bool, arch: str | None
     order: dict[str, int] = {}
     for t in targets:
         order.setdefault(t.commit.sha, len(order))
-    prints = {t: fingerprint(builder, t) for t in targets}
+    shared = shared_fingerprint()
+    prints = {t: fingerprint(builder, t, shared) for t in targets}
     todo = [t for t in targets if force or not store.finished(t, prints[t])]
     print(f"matrix: {len(targets)} targets, {len(targets) - len(todo)} already in "
           f"{store.root}, {len(todo)} to run", flush=True)
@@ -188,9 +195,10 @@ class Runner:
         boots: list[Any] = []
         consoles: list[Path] = []
         out = tdir / "suites"
+        env, has_commits = self._env(target), self._has_commits(target)
 
         def first(ssh: GuestSSH) -> tuple[SuiteRun, bool]:
-            exports = install(ssh, out, self._env(target), c_binary, self._has_commits(target))
+            exports = install(ssh, out, env, c_binary, has_commits)
             python = run_python(ssh, out, exports)
             if python.error or c_binary is None:
                 return python, False
@@ -199,8 +207,7 @@ class Runner:
             return combine(python, run_c(ssh, exports)), False
 
         def again(ssh: GuestSSH) -> SuiteRun:
-            return run_c(ssh, install(ssh, out, self._env(target), c_binary,
-                                      self._has_commits(target)))
+            return run_c(ssh, install(ssh, out, env, c_binary, has_commits))
         self.work_s = 0.0
         try:
             done = self._in_guest(target, image, tdir / "guest", boots, consoles, first)

@@ -110,7 +110,8 @@ def signatures(cells: list[Cell]) -> list[dict[str, object]]:
     return list(seen.values())
 
 
-def summary(cells: list[Cell]) -> dict[str, object]:
+def summary(cells: list[Cell], trans: list[dict[str, str | None]],
+            reports: list[dict[str, object]]) -> dict[str, object]:
     return {"targets": [{"commit": c.outcome.commit, "name": c.outcome.name,
                          "arch": c.outcome.arch, "variant": c.outcome.variant,
                          "status": c.outcome.status.value, "stages": c.outcome.stages,
@@ -118,10 +119,10 @@ def summary(cells: list[Cell]) -> dict[str, object]:
                          "kernel_release": c.outcome.kernel_release,
                          "durations": c.outcome.durations, "dir": c.path.name}
                         for c in cells],
-            "transitions": transitions(cells), "reports": signatures(cells)}
+            "transitions": trans, "reports": reports}
 
 
-def table(cells: list[Cell]) -> str:
+def table(cells: list[Cell], reports: list[dict[str, object]]) -> str:
     columns = sorted({c.column for c in cells})
     rows: dict[str, dict[str, str]] = {}
     for cell in cells:
@@ -132,7 +133,7 @@ def table(cells: list[Cell]) -> str:
     for name, by_col in rows.items():
         lines.append(f"{name:<{first}}  " + "  ".join(
             f"{by_col.get(c, '-'):<{width}}" for c in columns))
-    for sig in signatures(cells):
+    for sig in reports:
         lines.append(f"  report: {sig['signature']}  ({', '.join(map(str, sig['where']))})")  # type: ignore[call-overload]
     return "\n".join(lines)
 
@@ -148,10 +149,11 @@ def rebuild(root: Path) -> tuple[str, Path]:
 def write_all(store: Store) -> tuple[str, Path]:
     """Rebuild summary.json and index.html from the store; return the table."""
     cells = load(store)
-    write_json(store.root / "summary.json", summary(cells))
+    trans, reports = transitions(cells), signatures(cells)  # signatures() reads kasan/
+    write_json(store.root / "summary.json", summary(cells, trans, reports))
     page = store.root / "index.html"
-    write_atomic(page, render_html(cells, store.root))
-    return table(cells), page
+    write_atomic(page, render_html(cells, store.root, trans, reports))
+    return table(cells, reports), page
 
 
 def _link(root: Path, path: Path, text: str) -> str:
@@ -169,7 +171,8 @@ def _cell_html(cell: Cell, root: Path) -> str:
             f'<div class="links">{links}</div></td>')
 
 
-def render_html(cells: list[Cell], root: Path) -> str:
+def render_html(cells: list[Cell], root: Path, trans_rows: list[dict[str, str | None]],
+                reports: list[dict[str, object]]) -> str:
     columns = sorted({c.column for c in cells})
     by_name: dict[str, dict[str, Cell]] = {}
     for cell in cells:
@@ -181,11 +184,11 @@ def render_html(cells: list[Cell], root: Path) -> str:
         for name, row in by_name.items())
     trans = "".join(f"<tr><td>{html.escape(str(t['test']))}</td><td>{t['column']}</td>"
                     f"<td>{t['first_bad']}</td><td>{t['first_good'] or '-'}</td></tr>"
-                    for t in transitions(cells))
+                    for t in trans_rows)
     sigs = "".join(f"<tr><td>{html.escape(str(s['signature']))}</td>"
                    f"<td>{html.escape(', '.join(map(str, s['where'])))}</td>"  # type: ignore[call-overload]
                    f"<td>{s['first_seen']}</td><td>{s['last_seen']}</td></tr>"
-                   for s in signatures(cells))
+                   for s in reports)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>bpflab matrix</title><style>
 body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;margin:1em 0}}

@@ -43,8 +43,3 @@ def lab_kernel(arch: str) -> BuiltKernel:
     return BuiltKernel(ARCHES[arch], result.artifacts / "image", result.artifacts / "vmlinux",
                        str(result.meta["kernel_release"]), target.commit.name)
 
-
-def newest_kernel(workdir: Path, arch: str) -> BuiltKernel:
-    """Kept for the boot tests' signature: the lab's kernel for arch (see lab_kernel)."""
-    assert workdir == load_lab().workdir
-    return lab_kernel(arch)

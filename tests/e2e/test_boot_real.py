@@ -14,15 +14,15 @@ from harness.boot import BootedGuest, BootOptions, boot
 from harness.console import State
 from harness.ssh import CommandTimeout, GuestDropped, GuestSSH, HostKeyMismatch
 
-from .conftest import ARCHES, BuiltKernel, newest_kernel
+from .conftest import ARCHES, BuiltKernel, lab_kernel
 
 pytestmark = pytest.mark.e2e
 ARCH_NAMES = ["x86_64", "arm64"]
 
 
 @pytest.fixture(scope="module", params=ARCH_NAMES)
-def kernel(request: pytest.FixtureRequest, lab_workdir: Path) -> BuiltKernel:
-    return newest_kernel(lab_workdir, request.param)
+def kernel(request: pytest.FixtureRequest) -> BuiltKernel:
+    return lab_kernel(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_the_root_disk_image_is_left_unchanged(guest: BootedGuest) -> None:
 @pytest.mark.parametrize("arch", ARCH_NAMES)
 def test_a_kernel_that_cannot_start_init_is_a_panic_within_seconds(
         arch: str, lab_workdir: Path) -> None:
-    kernel = newest_kernel(lab_workdir, arch)
+    kernel = lab_kernel(arch)
     options = BootOptions(cmdline_extra=("init=/nonexistent",), boot_timeout=120)
     started = time.monotonic()
     with boot(lab_workdir, kernel.arch, kernel.image, options) as booted:
@@ -110,7 +110,7 @@ def test_a_kernel_that_cannot_start_init_is_a_panic_within_seconds(
 @pytest.mark.parametrize("arch", ARCH_NAMES)
 def test_a_guest_that_crashes_mid_command_raises_guest_dropped(
         arch: str, lab_workdir: Path) -> None:
-    kernel = newest_kernel(lab_workdir, arch)
+    kernel = lab_kernel(arch)
     with boot(lab_workdir, kernel.arch, kernel.image) as booted:
         assert booted.outcome.ready, booted.outcome.reason
         with pytest.raises(GuestDropped):
@@ -123,7 +123,7 @@ def test_the_kvm_probe_reaches_a_verdict_within_fifteen_seconds(
     native = [a for a in ARCHES.values() if a.is_native]
     if not native:
         pytest.skip("no arch in kernels/arches.yaml runs natively here")
-    kernel = newest_kernel(lab_workdir, native[0].name)
+    kernel = lab_kernel(native[0].name)
     started = time.monotonic()
     verdict = probe_kvm(kernel.arch, kernel.image, tmp_path)
     assert time.monotonic() - started < 15
@@ -133,7 +133,7 @@ def test_the_kvm_probe_reaches_a_verdict_within_fifteen_seconds(
 @pytest.mark.parametrize("arch", ARCH_NAMES)
 def test_a_kernel_waiting_forever_for_its_root_is_a_hang_after_the_silence(
         arch: str, lab_workdir: Path) -> None:
-    kernel = newest_kernel(lab_workdir, arch)
+    kernel = lab_kernel(arch)
     options = BootOptions(cmdline_extra=("root=/dev/nonexistent", "rootwait"),
                           silence_timeout=10)
     with boot(lab_workdir, kernel.arch, kernel.image, options) as booted:
@@ -146,7 +146,7 @@ def test_a_kernel_waiting_forever_for_its_root_is_a_hang_after_the_silence(
 
 @pytest.mark.parametrize("arch", ARCH_NAMES)
 def test_the_stock_systemd_boot_reaches_ssh_too(arch: str, lab_workdir: Path) -> None:
-    kernel = newest_kernel(lab_workdir, arch)
+    kernel = lab_kernel(arch)
     options = BootOptions(init="systemd", boot_timeout=180, silence_timeout=60)
     with boot(lab_workdir, kernel.arch, kernel.image, options) as booted:
         assert booted.outcome.ready, booted.outcome.reason
