@@ -82,6 +82,10 @@ class Variant:
     # Upstream commits the patches undo: the suites treat them as absent, whatever the
     # kernel's release says, and so expect the old behaviour (e.g. the UAF) on it.
     reverts: tuple[str, ...] = ()
+    # Upstream commits the patches bring (a stable backport under test, or the part of
+    # a commit a fault-injection patch gives an older kernel): the suites treat them as
+    # present, whatever the release says, and so expect the new behaviour.
+    backports: tuple[str, ...] = ()
 
 
 ACCELS = ("auto", "tcg", "kvm")
@@ -251,6 +255,15 @@ def _guest(t: _Table) -> GuestSettings:
     return GuestSettings(accel, init, times["boot_timeout"], times["silence_timeout"])
 
 
+def _commit_ids(t: "_Table", key: str) -> tuple[str, ...]:
+    ids = t.strings(key)
+    for j, cid in enumerate(ids):
+        if not re.fullmatch(r"[0-9a-f]{7,40}", cid):
+            raise ConfigError(t.file, f"{t.key(key)}[{j}]",
+                              f"an upstream commit id (7-40 hex digits), got {cid!r}")
+    return ids
+
+
 def _variants(raw: Any, file: str, base: Path, arches: tuple[Arch, ...]) -> tuple[Variant, ...]:
     if raw is None:
         return (Variant("base", (), ()),)
@@ -272,13 +285,13 @@ def _variants(raw: Any, file: str, base: Path, arches: tuple[Arch, ...]) -> tupl
         only = tuple(find_arch(arches, a, file, t.key("arches")).name
                      for a in t.strings("arches"))
         expect = t.strings("expect_reports")
-        reverts = t.strings("reverts")
-        for j, cid in enumerate(reverts):
-            if not re.fullmatch(r"[0-9a-f]{7,40}", cid):
-                raise ConfigError(file, f"{t.key('reverts')}[{j}]",
-                                  f"an upstream commit id (7-40 hex digits), got {cid!r}")
+        reverts, backports = _commit_ids(t, "reverts"), _commit_ids(t, "backports")
+        both = sorted(set(reverts) & set(backports))
+        if both:
+            raise ConfigError(file, t.key("backports"),
+                              f"commits not also in reverts, got {both[0]} in both")
         t.done()
-        out.append(Variant(name, tuple(patches), only, expect, reverts))
+        out.append(Variant(name, tuple(patches), only, expect, reverts, backports))
     names = [v.name for v in out]
     if len(set(names)) != len(names):
         raise ConfigError(file, "variants", f"unique names, got {names}")

@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
-from junitparser import Error, Failure, JUnitXml, Skipped, TestCase, TestSuite
+from junitparser import (Error, Failure, JUnitXml, Properties, Property, Skipped, TestCase,
+                         TestSuite)
 
 from harness.kreport import Report
 from harness.results import Status
@@ -26,6 +27,8 @@ class Case:
     message: str = ""
     output: str = ""
     reports: tuple[Report, ...] = ()
+    # a test's own figures (pytest's record_property), e.g. racing_runs
+    properties: tuple[tuple[str, str], ...] = ()
 
     @property
     def nodeid(self) -> str:
@@ -44,8 +47,10 @@ def from_junit(path: Path, suite: str) -> list[Case]:
                 status = {Error: Status.ERROR, Failure: Status.FAIL,
                           Skipped: Status.SKIP}.get(type(res), Status.FAIL)
                 message, text = res.message or "", res.text or ""
+            props = tc.child(Properties)
             cases.append(Case(suite, tc.classname or suite, tc.name, status,
-                              float(tc.time or 0), message, text))
+                              float(tc.time or 0), message, text,
+                              properties=tuple((p.name, p.value) for p in (props or []))))
     return cases
 
 
@@ -144,6 +149,11 @@ def write(cases: list[Case], name: str, properties: dict[str, str], path: Path) 
 def _testcase(case: Case) -> TestCase:
     tc = TestCase(case.name, f"{case.suite}.{case.classname}" if case.suite != "lab"
                   else "lab", case.duration)
+    if case.properties:
+        props = Properties()
+        for key, value in case.properties:
+            props.add_property(Property(key, value))
+        tc.append(props)
     texts = [r.text for r in case.reports]
     if case.status is Status.FAIL:
         tc.result = [Failure(case.message or "failed")]

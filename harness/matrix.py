@@ -26,8 +26,7 @@ from harness.results import Status, write_atomic
 from harness.rootfs import RECIPE, recipe_files
 from harness.ssh import GuestSSH, SSHError
 from harness.store import Store, TargetOutcome, counts
-from harness.suites import (C_CLASS, SuiteRun, combine, declared_commits, install,
-                            kasan_tainted, present_commits, run_c, run_python,
+from harness.suites import (C_CLASS, Rounds, declared_commits, present_commits,
                             suites_fingerprint)
 
 
@@ -35,6 +34,8 @@ from harness.suites import (C_CLASS, SuiteRun, combine, declared_commits, instal
 # context manager yielding a booted guest (harness.boot.BootedGuest's interface).
 BootFn = Callable[..., ContextManager[Any]]
 T = TypeVar("T")
+# Boots per target at most: the first, then one per KASAN report the suites provoke.
+MAX_BOOTS = 8
 # The seam to the C suite's build: (workdir, arch, vmlinux, ops) -> the binary.
 CSuiteFn = Callable[[Path, Arch, Path, Ops], Path]
 
@@ -59,7 +60,8 @@ def fingerprint(builder: Builder, target: Target, shared: bytes) -> str:
     (reverted commits, expected reports), and the shared part (suites, rootfs)."""
     h = hashlib.sha256(builder.key(target).encode())
     h.update(shared)
-    h.update(repr((target.variant.reverts, target.variant.expect_reports)).encode())
+    h.update(repr((target.variant.reverts, target.variant.backports,
+                   target.variant.expect_reports)).encode())
     return h.hexdigest()[:16]
 
 
@@ -183,9 +185,9 @@ class Runner:
 
     def _boot_and_test(self, target: Target, result: BuildResult, tdir: Path,
                        durations: dict[str, float]) -> None:
-        """Boot, run the suites, shut down. KASAN reports once per boot: when the
-        Python suite leaves the kernel tainted, the C suite gets a fresh boot so its
-        reproducers can show their own reports."""
+        """Boot, run the suites, shut down. KASAN reports once per boot: once a test
+        has tainted the kernel, the tests it left blind and the rest of the suites
+        get a fresh boot (suites.Rounds), so every reproducer can show its report."""
         assert result.image is not None
         image = result.image
         started = time.monotonic()
@@ -196,29 +198,25 @@ class Runner:
         consoles: list[Path] = []
         out = tdir / "suites"
         env, has_commits = self._env(target), self._has_commits(target)
+        rounds = Rounds(c_binary is not None)
 
-        def first(ssh: GuestSSH) -> tuple[SuiteRun, bool]:
-            exports = install(ssh, out, env, c_binary, has_commits)
-            python = run_python(ssh, out, exports)
-            if python.error or c_binary is None:
-                return python, False
-            if kasan_tainted(ssh):
-                return python, True
-            return combine(python, run_c(ssh, exports)), False
-
-        def again(ssh: GuestSSH) -> SuiteRun:
-            return run_c(ssh, install(ssh, out, env, c_binary, has_commits))
+        def work(ssh: GuestSSH) -> bool:
+            rounds.run(ssh, out, env, c_binary, has_commits)
+            return True
         self.work_s = 0.0
         try:
-            done = self._in_guest(target, image, tdir / "guest", boots, consoles, first)
-            if done is not None:
-                suites, fresh_boot_for_c = done
-                if fresh_boot_for_c:
-                    print("   KASAN tainted the kernel: the C suite gets a fresh boot")
-                    second = self._in_guest(target, image, tdir / "guest-c", boots, consoles,
-                                            again)
-                    suites = combine(suites, second or SuiteRun((), "", "the C suite's "
-                                                                "fresh boot did not come up"))
+            while not rounds.done() and rounds.boots < MAX_BOOTS:
+                if rounds.boots:
+                    left = sum(len(p.only) or 1 for p in rounds.queue)
+                    print(f"   KASAN tainted the kernel: a fresh boot for {left} more "
+                          f"test run(s)", flush=True)
+                name = "guest" if not rounds.boots else f"guest-{rounds.boots + 1}"
+                if self._in_guest(target, image, tdir / name, boots, consoles, work) is None:
+                    if rounds.boots:
+                        rounds.errors.append(f"fresh boot {len(boots)} did not come up")
+                    break
+            if rounds.boots:
+                suites = rounds.result()
                 durations["tests"] = round(self.work_s, 1)
                 write_atomic(tdir / "suites.log", suites.log)
                 cases += suites.cases
@@ -286,6 +284,8 @@ class Runner:
                "BPFLAB_VARIANT": target.variant.name}
         if target.variant.reverts:
             env["BPFLAB_REVERTED_COMMITS"] = " ".join(target.variant.reverts)
+        if target.variant.backports:
+            env["BPFLAB_BACKPORTED_COMMITS"] = " ".join(target.variant.backports)
         return env
 
     def _collect(self, target: Target, tdir: Path, consoles: list[Path],

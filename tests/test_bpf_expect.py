@@ -143,3 +143,28 @@ def test_a_commit_the_variant_reverts_is_absent_whatever_the_release_says(
 def test_a_reverted_list_with_a_non_commit_is_refused() -> None:
     with pytest.raises(ValueError, match="BPFLAB_REVERTED_COMMITS"):
         kernel_under_test({"BPFLAB_REVERTED_COMMITS": "8766733641 HEAD~1"})
+
+
+def test_a_commit_the_variant_backports_is_present_whatever_the_release_says(
+        tmp_path: Path) -> None:
+    # 6.1 has neither aa3496accc nor d48995723c by release; the leak-inject variant
+    # brings the first, so its leak is expected there.
+    leak_from = Commit("aa3496accc", "6.2")
+    old = Kernel(parse_release("6.1.192"))
+    assert not old.has(leak_from)
+    brought = Kernel(parse_release("6.1.192"), backported=frozenset({"aa3496accc"}))
+    assert brought.has(leak_from) and not brought.has(Commit("d48995723c", "6.2"))
+    assert "backported by the variant: aa3496accc" in brought.source()
+    listing = tmp_path / "has"
+    listing.write_text("cba41bb78d\n")
+    listed = kernel_under_test({"BPFLAB_HAS_COMMITS": str(listing),
+                                "BPFLAB_BACKPORTED_COMMITS": "8766733641"})
+    assert listed.has(FREE_FIX) and listed.has(ELEM_SIZE) and not listed.has(OPTIMIZE_FREE)
+
+
+def test_a_commit_both_reverted_and_backported_is_refused() -> None:
+    with pytest.raises(ValueError, match="both name 8766733641"):
+        kernel_under_test({"BPFLAB_REVERTED_COMMITS": "8766733641",
+                           "BPFLAB_BACKPORTED_COMMITS": "87667336"})
+    with pytest.raises(ValueError, match="BPFLAB_BACKPORTED_COMMITS: 'main'"):
+        kernel_under_test({"BPFLAB_BACKPORTED_COMMITS": "main"})

@@ -55,6 +55,11 @@ def test_arch_aliases_resolve_to_the_canonical_arch(fake_tree: Path, write_lab: 
      "unknown key"),
     ("source: {debian: {versions: [6.1.192]}}\nvariants: [{name: x, reverts: [HEAD]}]\n",
      "variants[0].reverts[0]", "upstream commit id"),
+    ("source: {debian: {versions: [6.1.192]}}\nvariants: [{name: x, backports: [v6.2]}]\n",
+     "variants[0].backports[0]", "upstream commit id"),
+    ("source: {debian: {versions: [6.1.192]}}\n"
+     "variants: [{name: x, reverts: [8766733641], backports: [8766733641]}]\n",
+     "variants[0].backports", "not also in reverts"),
     ("- just\n- a list\n", "(top level)", "mapping"),
     ("source: [unclosed\n", "(file)", "valid YAML"),
 ])

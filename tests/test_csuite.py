@@ -227,3 +227,15 @@ def test_a_commit_the_variant_reverts_is_absent_in_the_c_suite_too(kernel_check:
                           env=env).stdout.strip() == "6.1.192 has"
     env = {"BPFLAB_REVERTED_COMMITS": "nope"}
     assert subprocess.run(run, capture_output=True, env=env).returncode == 2
+
+
+def test_a_commit_the_variant_backports_is_present_in_the_c_suite_too(
+        kernel_check: Path) -> None:
+    run = [str(kernel_check), "6.1.74", "", "6.8", "6.1", "6.1.75"]
+    assert subprocess.run(run, capture_output=True, text=True, check=True,
+                          env={}).stdout.strip() == "6.1.74 lacks"
+    env = {"BPFLAB_BACKPORTED_COMMITS": "8766733641"}
+    assert subprocess.run(run, capture_output=True, text=True, check=True,
+                          env=env).stdout.strip() == "6.1.74 has"
+    env = {"BPFLAB_BACKPORTED_COMMITS": "87667336", "BPFLAB_REVERTED_COMMITS": "8766733641"}
+    assert subprocess.run(run, capture_output=True, env=env).returncode == 2

@@ -101,3 +101,17 @@ def test_a_flood_of_one_report_keeps_the_first_few_per_test_and_counts_the_rest(
     kept, dropped = kreport.bounded([one] * 1000 + [other])
     assert kept == [one] * kreport.KEEP_PER_KEY + [other]
     assert dropped == 1000 - kreport.KEEP_PER_KEY
+
+
+def test_a_tests_own_properties_survive_into_the_targets_junit(tmp_path: Path) -> None:
+    pytest_xml = tmp_path / "python.xml"
+    pytest_xml.write_text(
+        '<testsuites><testsuite name="pytest"><testcase classname="test_map_in_map_leaks" '
+        'name="test_leak" time="9.5"><properties><property name="leaked_templates" '
+        'value="3"/><property name="sweeps" value="9 injected faults"/></properties>'
+        '</testcase></testsuite></testsuites>')
+    read = junit.from_junit(pytest_xml, "python")
+    assert read[0].properties == (("leaked_templates", "3"), ("sweeps", "9 injected faults"))
+    out = tmp_path / "junit.xml"
+    junit.write(read, "x86_64/v6.1.192/leak-inject", {}, out)
+    assert junit.from_junit(out, "python")[0].properties == read[0].properties

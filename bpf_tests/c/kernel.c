@@ -92,38 +92,11 @@ int kernel_load(struct kernel *k, const char *has_commits_path)
 	if (uname(&u) || kernel_parse_release(u.release, u.version, k))
 		return -1;
 	snprintf(k->arch, sizeof(k->arch), "%s", u.machine);
-	if (kernel_set_reverted(k, getenv(REVERTED_ENV)))
+	if (kernel_set_variant(k, getenv(REVERTED_ENV), getenv(BACKPORTED_ENV)))
 		return -1;
 	if (has_commits_path && *has_commits_path)
 		return read_ancestors(k, has_commits_path);
 	return 0;
-}
-
-/* Space-separated commit ids; a malformed one is a setup error, as in the list. */
-int kernel_set_reverted(struct kernel *k, const char *ids)
-{
-	char word[64];
-	int n = 0;
-
-	k->n_reverted = 0;
-	while (ids && sscanf(ids, " %63s%n", word, &n) == 1) {
-		if (!is_commit_id(word) || k->n_reverted == MAX_REVERTED) {
-			fprintf(stderr, "%s: '%s' is not a commit id (or too many)\n",
-				REVERTED_ENV, word);
-			return -1;
-		}
-		for (char *p = word; *p; p++)
-			*p = (char)tolower((unsigned char)*p);
-		snprintf(k->reverted[k->n_reverted++], 41, "%.40s", word);
-		ids += n;
-	}
-	return 0;
-}
-
-static void parse_series(const char *s, int *maj, int *min, int *patch)
-{
-	*maj = *min = *patch = 0;
-	sscanf(s, "%d.%d.%d", maj, min, patch);
 }
 
 /* Short and full ids match by prefix, at least 7 hex digits. */
@@ -132,6 +105,49 @@ static bool same_commit(const char *a, const char *b)
 	size_t n = strlen(a) < strlen(b) ? strlen(a) : strlen(b);
 
 	return n >= 7 && strncasecmp(a, b, n) == 0;
+}
+
+/* Space-separated commit ids; a malformed one is a setup error, as in the list. */
+static int read_ids(const char *env, const char *ids, char (*out)[41], int *n_out)
+{
+	char word[64];
+	int n = 0;
+
+	*n_out = 0;
+	while (ids && sscanf(ids, " %63s%n", word, &n) == 1) {
+		if (!is_commit_id(word) || *n_out == MAX_VARIANT_IDS) {
+			fprintf(stderr, "%s: '%s' is not a commit id (or too many)\n", env, word);
+			return -1;
+		}
+		for (char *p = word; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+		snprintf(out[(*n_out)++], 41, "%.40s", word);
+		ids += n;
+	}
+	return 0;
+}
+
+/* The commits a variant's patches undo and bring (the lab's BPFLAB_REVERTED_COMMITS
+ * and BPFLAB_BACKPORTED_COMMITS). */
+int kernel_set_variant(struct kernel *k, const char *reverted, const char *backported)
+{
+	if (read_ids(REVERTED_ENV, reverted, k->reverted, &k->n_reverted) ||
+	    read_ids(BACKPORTED_ENV, backported, k->backported, &k->n_backported))
+		return -1;
+	for (int i = 0; i < k->n_reverted; i++)
+		for (int j = 0; j < k->n_backported; j++)
+			if (same_commit(k->reverted[i], k->backported[j])) {
+				fprintf(stderr, "%s and %s both name %s\n", REVERTED_ENV,
+					BACKPORTED_ENV, k->reverted[i]);
+				return -1;
+			}
+	return 0;
+}
+
+static void parse_series(const char *s, int *maj, int *min, int *patch)
+{
+	*maj = *min = *patch = 0;
+	sscanf(s, "%d.%d.%d", maj, min, patch);
 }
 
 bool kernel_at_least(const struct kernel *k, int major, int minor)
@@ -147,6 +163,9 @@ bool kernel_has(const struct kernel *k, const struct commit *c)
 	for (int i = 0; i < k->n_reverted; i++)
 		if (same_commit(k->reverted[i], c->id))
 			return false;
+	for (int i = 0; i < k->n_backported; i++)
+		if (same_commit(k->backported[i], c->id))
+			return true;
 	if (k->has_list) {
 		for (int i = 0; i < k->n_ancestors; i++)
 			if (same_commit(k->ancestors[i], c->id))

@@ -2,7 +2,8 @@
 /* A command-line window on kernel.c for the host's unit tests (tests/test_csuite.py):
  *   kernel_check RELEASE UNAME_V MAINLINE [SERIES STABLE] [ANCESTORS_FILE]
  * prints "has" or "lacks" for a commit with that mainline/stable release, or exits 2
- * when the identity cannot be read. BPFLAB_REVERTED_COMMITS is honoured. Not part of
+ * when the identity cannot be read. BPFLAB_REVERTED_COMMITS and
+ * BPFLAB_BACKPORTED_COMMITS are honoured. Not part of
  * the guest binary. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +20,7 @@ int main(int argc, char **argv)
 		return 2;
 	memset(&k, 0, sizeof(k));
 	if (kernel_parse_release(argv[1], argv[2], &k) ||
-	    kernel_set_reverted(&k, getenv(REVERTED_ENV)))
+	    kernel_set_variant(&k, getenv(REVERTED_ENV), getenv(BACKPORTED_ENV)))
 		return 2;
 	c.mainline = argv[3];
 	if (argc >= 6 && *argv[4]) {

@@ -9,8 +9,9 @@
 
 #define HAS_COMMITS_ENV "BPFLAB_HAS_COMMITS"
 #define REVERTED_ENV "BPFLAB_REVERTED_COMMITS" /* ids a fault-injection variant undoes */
+#define BACKPORTED_ENV "BPFLAB_BACKPORTED_COMMITS" /* ids a variant's patches bring */
 #define MAX_ANCESTORS 4096
-#define MAX_REVERTED 16
+#define MAX_VARIANT_IDS 16
 #define TAINT_BAD_PAGE (1UL << 5) /* taint bit 5: set by KASAN reports */
 
 /* An upstream commit: the first mainline release with it and, where it was
@@ -33,7 +34,9 @@ struct kernel {
 	int n_ancestors;
 	char (*ancestors)[41];
 	int n_reverted;   /* absent whatever the release or the list says */
-	char reverted[MAX_REVERTED][41];
+	char reverted[MAX_VARIANT_IDS][41];
+	int n_backported; /* present whatever the release or the list says */
+	char backported[MAX_VARIANT_IDS][41];
 };
 
 enum outcome { OUT_PASS, OUT_FAIL, OUT_SKIP };
@@ -53,7 +56,7 @@ struct test {
 /* kernel.c */
 int kernel_parse_release(const char *release, const char *version, struct kernel *k);
 int kernel_load(struct kernel *k, const char *has_commits_path);
-int kernel_set_reverted(struct kernel *k, const char *ids);
+int kernel_set_variant(struct kernel *k, const char *reverted, const char *backported);
 bool kernel_has(const struct kernel *k, const struct commit *c);
 bool kernel_at_least(const struct kernel *k, int major, int minor);
 void commit_describe(const struct commit *c, char *buf, size_t len);

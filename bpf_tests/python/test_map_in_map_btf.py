@@ -10,21 +10,12 @@ import pytest
 
 from bpfkit import btf, maps, programs
 from bpfkit.expect import Declared, introduced
+from bpfkit.maps import VMLINUX_BTF, value_map
 from bpfkit.prog import load
 from bpfkit.sysbpf import (BTF_GET_NEXT_ID, ENOTSUPP, MAP_STRUCT_OPS, PROG_SOCKET_FILTER,
-                           BpfError, Fd, Map, all_ids, btf_id, btf_load, create_map, errno_of)
+                           BpfError, all_ids, btf_id, btf_load, create_map, errno_of)
 
 PROG_SCHED_CLS = 3  # bpf_spin_lock is refused in socket filters, fine in tc programs
-VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
-
-
-def value_map(field: str, kptr_tag: str = "kptr") -> tuple[Map, Fd]:
-    """An ARRAY(4 entries) whose value type is struct { int cnt; <field> }."""
-    v = btf.value_with(field, kptr_tag)
-    blob = btf_load(v.blob)
-    m = maps.array(v.value_size, 4, btf_fd=blob.fd, btf_key=v.key_type,
-                   btf_value=v.value_type)
-    return m, blob
 
 
 @introduced("b7ff97925b", mainline="6.2")

@@ -69,3 +69,12 @@ def test_the_capabilities_the_suites_check_are_not_all_skipped(
     run, _ = ran
     passed = [c for c in run.cases if c.status is Status.PASS]
     assert len(passed) >= len(run.cases) // 2, run.log
+
+
+def test_the_leak_test_runs_on_the_labs_kernels_and_finds_no_leak(
+        ran: tuple[SuiteRun, Path]) -> None:
+    # The lab's kernels carry kmemleak and failslab (kernels/leaks.config): a skip here
+    # would mean the fragment or the test lost its reach.
+    run, _ = ran
+    leak = [c for c in run.cases if c.name.endswith("_leaks_no_template")]
+    assert [(c.status, c.message) for c in leak] == [(Status.PASS, "")], run.log

@@ -21,6 +21,9 @@ HAS_COMMITS_ENV = "BPFLAB_HAS_COMMITS"
 # Commits a fault-injection variant undoes (space-separated ids): absent whatever the
 # release or the ancestor list says, so the old behaviour is what is expected.
 REVERTED_ENV = "BPFLAB_REVERTED_COMMITS"
+# Commits a variant's patches bring (a backport under test, or the part of a commit a
+# fault-injection patch gives an older kernel): present whatever the release says.
+BACKPORTED_ENV = "BPFLAB_BACKPORTED_COMMITS"
 _RELEASE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?(?:-rc(\d+))?(.*)$")
 _DEBIAN = re.compile(r"Debian (\d+)\.(\d+)\.(\d+)")
 
@@ -116,10 +119,13 @@ class Kernel:
     version: Version
     ancestors: frozenset[str] | None = None
     reverted: frozenset[str] = frozenset()
+    backported: frozenset[str] = frozenset()
 
     def has(self, commit: Commit) -> bool:
         if any(same_commit(commit.id, r) for r in self.reverted):
             return False
+        if any(same_commit(commit.id, b) for b in self.backported):
+            return True
         if self.ancestors is not None:
             return any(same_commit(commit.id, a) for a in self.ancestors)
         return in_release(commit, self.version)
@@ -131,6 +137,8 @@ class Kernel:
             text = f"release {self.version.release}"
         if self.reverted:
             text += f", reverted by the variant: {' '.join(sorted(self.reverted))}"
+        if self.backported:
+            text += f", backported by the variant: {' '.join(sorted(self.backported))}"
         return text
 
 
@@ -139,15 +147,20 @@ def kernel_under_test(env: Mapping[str, str] | None = None) -> Kernel:
     uts = os.uname()
     version = parse_release(uts.release, uts.version)
     path = env.get(HAS_COMMITS_ENV)
-    return Kernel(version, read_ancestors(path) if path else None,
-                  parse_reverted(env.get(REVERTED_ENV, "")))
+    reverted = parse_ids(REVERTED_ENV, env.get(REVERTED_ENV, ""))
+    backported = parse_ids(BACKPORTED_ENV, env.get(BACKPORTED_ENV, ""))
+    both = [r for r in reverted if any(same_commit(r, b) for b in backported)]
+    if both:
+        raise ValueError(f"{REVERTED_ENV} and {BACKPORTED_ENV} both name {both[0]}")
+    return Kernel(version, read_ancestors(path) if path else None, reverted, backported)
 
 
-def parse_reverted(text: str) -> frozenset[str]:
+def parse_ids(env_name: str, text: str) -> frozenset[str]:
+    """A variable's space-separated commit ids."""
     ids = text.split()
     for word in ids:
         if not re.fullmatch(r"[0-9a-fA-F]{7,40}", word):
-            raise ValueError(f"{REVERTED_ENV}: {word!r} is not a commit id")
+            raise ValueError(f"{env_name}: {word!r} is not a commit id")
     return frozenset(w.lower() for w in ids)
 
 

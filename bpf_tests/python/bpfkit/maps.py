@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from .sysbpf import (MAP_ARRAY, MAP_ARRAY_OF_MAPS, MAP_HASH, MAP_HASH_OF_MAPS, Map,
-                     create_map, u32)
+from . import btf
+from .sysbpf import (MAP_ARRAY, MAP_ARRAY_OF_MAPS, MAP_HASH, MAP_HASH_OF_MAPS, Fd, Map,
+                     btf_load, create_map, u32)
+
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"  # kptr targets and struct_ops types live there
 
 
 def array(value_size: int = 4, max_entries: int = 1, flags: int = 0, *, btf_fd: int = 0,
@@ -25,3 +28,11 @@ def outer(inner: Map, max_entries: int = 1, kind: str = "array") -> Map:
 def put(outer_map: Map, key: int, inner: Map) -> None:
     """outer[key] = inner (the syscall side takes an fd, stores the map)."""
     outer_map.update(u32(key), u32(inner.fd))
+
+
+def value_map(field: str, kptr_tag: str = "kptr") -> tuple[Map, Fd]:
+    """An ARRAY(4 entries) whose value type is struct { int cnt; <field> }."""
+    v = btf.value_with(field, kptr_tag)
+    blob = btf_load(v.blob)
+    m = array(v.value_size, 4, btf_fd=blob.fd, btf_key=v.key_type, btf_value=v.value_type)
+    return m, blob

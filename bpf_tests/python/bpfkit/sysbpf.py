@@ -180,10 +180,20 @@ def create_map(map_type: int, key_size: int, value_size: int, max_entries: int, 
                btf_fd: int = 0, btf_key: int = 0, btf_value: int = 0,
                vmlinux_value_type: int = 0) -> Map:
     """BPF_MAP_CREATE; inner is the template map for an ARRAY/HASH_OF_MAPS."""
-    attr = struct.pack("<7I16s5IQ", map_type, key_size, value_size, max_entries, flags,
+    attr = map_create_attr(map_type, key_size, value_size, max_entries, flags=flags,
+                           inner=inner, name=name, btf_fd=btf_fd, btf_key=btf_key,
+                           btf_value=btf_value, vmlinux_value_type=vmlinux_value_type)
+    return Map(bpf(MAP_CREATE, attr), key_size, value_size)
+
+
+def map_create_attr(map_type: int, key_size: int, value_size: int, max_entries: int, *,
+                    flags: int = 0, inner: Map | None = None, name: str = "",
+                    btf_fd: int = 0, btf_key: int = 0, btf_value: int = 0,
+                    vmlinux_value_type: int = 0) -> bytes:
+    """The union bpf_attr of BPF_MAP_CREATE (up to map_extra)."""
+    return struct.pack("<7I16s5IQ", map_type, key_size, value_size, max_entries, flags,
                        inner.fd if inner else 0, 0, name.encode()[:15], 0, btf_fd,
                        btf_key, btf_value, vmlinux_value_type, 0)
-    return Map(bpf(MAP_CREATE, attr), key_size, value_size)
 
 
 def map_from_id(map_id: int) -> Map:
