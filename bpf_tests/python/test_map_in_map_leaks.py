@@ -23,6 +23,7 @@ from bpfkit.expect import Declared, introduced
 from bpfkit.maps import VMLINUX_BTF, value_map
 from bpfkit.sysbpf import MAP_ARRAY_OF_MAPS, MAP_CREATE, Fd, Map, bpf, map_create_attr
 
+SAMPLES = 8  # sweeps per template when counting failed creations
 SWEEPS = 3  # a stale pointer on a kernel stack can hide one leaked object, not three
 META_ALLOC = "bpf_map_meta_alloc"  # allocates the template
 
@@ -55,12 +56,19 @@ def test_a_failed_copy_of_the_template_kptrs_fails_the_outer_map_creation(
     kptr, _btf = kptr_template(commits)
     plain = maps.array(kptr.value_size, 4)
     with leaks.failslab_on_every_allocation():
-        with_kptr, without = sweep_outer_creation(kptr), sweep_outer_creation(plain)
-    record_property("sweeps", f"kptr template: {with_kptr}; plain template: {without}")
+        pairs = [(sweep_outer_creation(kptr), sweep_outer_creation(plain))
+                 for _ in range(SAMPLES)]
+    record_property("failed_creations", "kptr/plain: " + ", ".join(
+        f"{k.failed}/{p.failed}" for k, p in pairs))
+    record_property("sweeps", f"kptr template: {pairs[0][0]}; plain template: {pairs[0][1]}")
     # The kptr template costs the creation one allocation more, the copy of its table:
-    # one more failed creation if that failure is an error. (How many failures are
-    # tolerated varies: the map id allocator preloads its nodes now and then.)
-    commits["aa3496accc"].check(with_kptr.failed - without.failed, new=1, old=0)
+    # one more failed creation if that failure is an error. Now and then a few sweeps
+    # in a row fail more creations, whatever the template (measured: 3/3, 3/3, 3/3,
+    # 5/5, 5/5 on 6.1.192; 4/3, 4/3, 4/3, 4/5, 6/5 with the leak-inject patch): other
+    # allocators' state, such as the map id tree growing, adds failures and never
+    # removes one. So the fewest failures of each template are compared.
+    extra = min(k.failed for k, _ in pairs) - min(p.failed for _, p in pairs)
+    commits["aa3496accc"].check(extra, new=1, old=0)
 
 
 @introduced("03b77e17ae", mainline="6.3")
