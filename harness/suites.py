@@ -143,8 +143,9 @@ class Pending:
 class Rounds:
     """The suites over as many boots as KASAN needs. It reports once per boot, so once
     a test has tainted the kernel, the tests it left blind and whatever was still to
-    run go to a fresh boot. A rerun that leaves the same tests blind (the kernel was
-    tainted before they ran) is not repeated: they stay skipped with the reason."""
+    run go to a fresh boot. A fresh boot KASAN tainted while booting runs nothing
+    (the caller bounds the boots). A rerun that leaves the same tests blind is not
+    repeated: they stay skipped with the reason."""
 
     def __init__(self, with_c: bool) -> None:
         self.queue = [Pending("python")] + ([Pending("c")] if with_c else [])
@@ -161,6 +162,10 @@ class Rounds:
         """One boot's share: install, then run queued work until done or tainted."""
         self.boots += 1
         exports = install(ssh, out_dir, env, c_binary, has_commits)
+        if self.boots > 1 and kasan_tainted(ssh):
+            # KASAN reported while the kernel booted: useless for the reruns
+            self.logs.append(f"$ boot {self.boots}: KASAN had reported before any test")
+            return
         while self.queue:
             item = self.queue.pop(0)
             if item.suite == "python":

@@ -26,9 +26,9 @@ C_RERUN = "TAP version 13\n1..1\nok 1 - race_kprobe\n"
 class Guest:
     """One boot: answers the suites' commands; KASAN taints it when a UAF test runs."""
 
-    def __init__(self, race_blind_again: bool = False) -> None:
+    def __init__(self, race_blind_again: bool = False, tainted_at_boot: bool = False) -> None:
         self.commands: list[str] = []
-        self.tainted = False
+        self.tainted = tainted_at_boot
         self.race_blind_again = race_blind_again
 
     def run(self, command: str, timeout: float = 60.0, check: bool = False) -> CommandResult:
@@ -97,3 +97,16 @@ def test_blind_cases_are_selected_as_each_suite_names_them() -> None:
     assert blinded(cases) == ("python/test_map_in_map_free.py::TestRaces::test_race[kprobe]",
                               "race_kprobe")
     assert Pending("c").only == ()
+
+
+def test_a_fresh_boot_tainted_while_booting_runs_nothing_and_the_next_one_does(
+        tmp_path: Path) -> None:
+    rounds = Rounds(with_c=False)
+    rounds.run(Guest(), tmp_path, {})  # type: ignore[arg-type]
+    spoiled = Guest(tainted_at_boot=True)
+    rounds.run(spoiled, tmp_path, {})  # type: ignore[arg-type]
+    assert not any("pytest" in c for c in spoiled.commands) and not rounds.done()
+    rounds.run(Guest(), tmp_path, {})  # type: ignore[arg-type]
+    race = [c for c in rounds.result().cases if c.name == "test_race"]
+    assert rounds.done() and race[0].status is Status.PASS
+    assert "KASAN had reported before any test" in rounds.result().log

@@ -62,12 +62,13 @@ def test_a_failed_copy_of_the_template_kptrs_fails_the_outer_map_creation(
         f"{k.failed}/{p.failed}" for k, p in pairs))
     record_property("sweeps", f"kptr template: {pairs[0][0]}; plain template: {pairs[0][1]}")
     # The kptr template costs the creation one allocation more, the copy of its table:
-    # one more failed creation if that failure is an error. Now and then a few sweeps
-    # in a row fail more creations, whatever the template (measured: 3/3, 3/3, 3/3,
-    # 5/5, 5/5 on 6.1.192; 4/3, 4/3, 4/3, 4/5, 6/5 with the leak-inject patch): other
-    # allocators' state, such as the map id tree growing, adds failures and never
-    # removes one. So the fewest failures of each template are compared.
-    extra = min(k.failed for k, _ in pairs) - min(p.failed for _, p in pairs)
+    # one more failed creation if that failure is an error. Other allocators' state
+    # (the map id tree growing) now and then adds failed creations to every sweep
+    # from some point on, whatever the template: measured 3/4 then 4/4 seven times
+    # on 6.1.192, 4/3 three times then 4/5 and 6/5 with the leak-inject patch. So the
+    # difference within a pair is taken, and the one most pairs agree on is judged.
+    diffs = [k.failed - p.failed for k, p in pairs]
+    extra = max(set(diffs), key=diffs.count)
     commits["aa3496accc"].check(extra, new=1, old=0)
 
 
