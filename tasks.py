@@ -1,10 +1,16 @@
-"""bpflab's front door: parse flags, load the lab, call one harness function, exit."""
+"""bpflab's front door: parse flags, load the lab, call one harness function, and map
+its result to an exit code: 0 as expected, 1 a test, build, boot or kernel report was
+not, 2 the lab itself failed (or the input is wrong), 130 interrupted."""
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import signal
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -14,59 +20,91 @@ from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from harness import main
-from harness.config import DEFAULT_LAB, PROJECT, load_lab
+from harness.config import DEFAULT_LAB, PROJECT, Lab, load_lab
 from harness.errors import LabError, UserError
-from harness.ops import Ops
+from harness.model import Selection, TaskResult, Verdict
+from harness.ops import Ops, terminate_children
 
 LAB_HELP = "lab file (default: the built-in lab.yaml)"
+EXIT = {Verdict.OK: 0, Verdict.FAILED: 1, Verdict.LAB: 2}
 
 
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM (CI timeouts, kill) unwinds like Ctrl-C: guests down
 
 
-def _run(lab: str, body: Callable[[main.Session], int]) -> None:
-    """Map outcomes to exit codes: 0 ok, 1 tests or builds failed, 2 the lab broke."""
+def _crash_log(lab: Lab | None) -> Path:
+    """Where an unexpected failure's traceback goes: the lab's logs, else /tmp."""
+    where = lab.workdir / "logs" if lab else Path(tempfile.gettempdir())
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        where = Path(tempfile.gettempdir())
+    path = where / f"crash-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    path.write_text(traceback.format_exc())
+    return path
+
+
+def _run(lab: str, body: Callable[[main.Session], TaskResult | Verdict]) -> None:
+    """Run a task's body; every way it can end becomes one exit code and one line."""
     signal.signal(signal.SIGTERM, _terminate)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    loaded: Lab | None = None
     try:
-        code = body(main.Session(load_lab(Path(lab) if lab else DEFAULT_LAB), Ops()))
+        loaded = load_lab(Path(lab) if lab else DEFAULT_LAB)
+        result = body(main.Session(loaded, Ops()))
     except UserError as exc:
-        raise Exit(f"error: {exc}", main.EXIT_LAB) from None
+        raise Exit(f"error: {exc}", EXIT[Verdict.LAB]) from None
     except LabError as exc:
-        raise Exit(f"lab error: {exc}", main.EXIT_LAB) from None
+        raise Exit(f"lab error: {exc}", EXIT[Verdict.LAB]) from None
     except KeyboardInterrupt:
         raise Exit("interrupted", 130) from None
+    except Exception as exc:  # a bug or the machine (disk full): never exit 1
+        path = _crash_log(loaded)
+        raise Exit(f"lab error: unexpected {type(exc).__name__}: {exc} (traceback in "
+                   f"{path})", EXIT[Verdict.LAB]) from None
+    finally:
+        terminate_children()  # no make, git or apt outlives the task
+    done = result if isinstance(result, TaskResult) else TaskResult(result)
+    code = done.command_status if done.command_status is not None else EXIT[done.verdict]
     if code:
         raise Exit(code=code)
 
 
-@task(help={"lab": LAB_HELP, "arch": "only this arch", "variant": "only this variant"})
-def plan(c: Context, lab: str = "", arch: str = "", variant: str = "") -> None:
-    """Print the resolved targets: commit x arch x variant."""
-    from harness.plan import describe
-    _run(lab, lambda s: print(describe(s.targets(arch or None, variant or None))) or 0)
+@task(help={"lab": LAB_HELP, "arch": "only this arch", "variant": "only this variant",
+            "commit": "only this commit (tag or sha)"})
+def plan(c: Context, lab: str = "", arch: str = "", variant: str = "", commit: str = "") -> None:
+    """Print the targets (commit x arch x variant); changes and downloads nothing."""
+    from harness.plan import plan_text
+
+    def body(s: main.Session) -> Verdict:
+        print(plan_text(s.lab, s.ops, Selection(arch or None, variant or None, commit or None)))
+        return Verdict.OK
+    _run(lab, body)
 
 
 @task(help={"lab": LAB_HELP, "arch": "only this arch (x86_64, arm64)",
-            "variant": "only this variant", "commit": "only this commit (tag or sha)"})
+            "variant": "only this variant", "commit": "only this commit (tag or sha)",
+            "force": "rebuild even when the kernel cache holds the kernel"})
 def build(c: Context, lab: str = "", arch: str = "", variant: str = "",
-          commit: str = "") -> None:
+          commit: str = "", force: bool = False) -> None:
     """Build kernels for the lab's targets (cached by content)."""
-    _run(lab, lambda s: main.build(s, arch or None, variant or None, commit or None))
+    selection = Selection(arch or None, variant or None, commit or None)
+    _run(lab, lambda s: main.build(s, selection, force).verdict)
 
 
 @task(help={"lab": LAB_HELP, "arch": "only this arch", "variant": "only this variant",
             "commit": "only this commit (tag or sha)",
-            "force": "redo targets already finished in the run directory",
+            "force": "redo finished targets, kernel builds included",
             "run_dir": "result store (default: work/runs/<lab name>)"})
 def matrix(c: Context, lab: str = "", arch: str = "", variant: str = "", commit: str = "",
            force: bool = False, run_dir: str = "") -> None:
     """Build, boot and test every target; JUnit, kernel reports, the matrix report."""
     from harness.matrix import matrix as run_matrix
+    selection = Selection(arch or None, variant or None, commit or None)
     _run(lab, lambda s: run_matrix(s, Path(run_dir) if run_dir else None, force,
-                                   arch or None, variant or None, commit or None))
+                                   selection).verdict)
 
 
 @task(help={"lab": LAB_HELP, "arch": "x86_64 or arm64",
@@ -78,10 +116,13 @@ def matrix(c: Context, lab: str = "", arch: str = "", variant: str = "", commit:
 def boot(c: Context, arch: str, lab: str = "", commit: str = "", variant: str = "base",
          init: str = "", accel: str = "", run: str = "", wait: bool = False) -> None:
     """Build (cached) and boot one kernel; a shell in the guest, then power off."""
-    from harness.boot import options_for
     from harness.interactive import boot_task
-    _run(lab, lambda s: boot_task(s, arch, commit or None, variant,
-                                  options_for(s.lab.guest, accel=accel, init=init), run, wait))
+
+    def body(s: main.Session) -> TaskResult:
+        settings = dataclasses.replace(s.lab.guest, accel=accel or s.lab.guest.accel,
+                                       init=init or s.lab.guest.init)
+        return boot_task(s, arch, commit or None, variant, settings, run, wait)
+    _run(lab, body)
 
 
 @task(help={"lab": LAB_HELP, "arch": "the guest's arch (needed when several run)",
@@ -92,15 +133,16 @@ def ssh(c: Context, lab: str = "", arch: str = "", command: str = "") -> None:
     _run(lab, lambda s: ssh_task(s, arch or None, command))
 
 
-@task(help={"run_dir": "a run directory (work/runs/<lab name>)"})
-def report(c: Context, run_dir: str) -> None:
+@task(help={"run_dir": "a run directory (work/runs/<lab name>)", "lab": LAB_HELP})
+def report(c: Context, run_dir: str, lab: str = "") -> None:
     """Rebuild a run's table, summary.json and index.html from its store."""
     from harness import report as rep
-    try:
+
+    def body(s: main.Session) -> Verdict:
         table, page = rep.rebuild(Path(run_dir))
-    except UserError as exc:
-        raise Exit(f"error: {exc}", main.EXIT_LAB) from None
-    print(f"{table}\n\nreport: {page}")
+        print(f"{table}\n\nreport: {page}")
+        return Verdict.OK
+    _run(lab, body)
 
 
 @task(help={"fast": "unit tests only (seconds); the default also runs the end-to-end "

@@ -19,7 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.boot import BootOptions, boot  # noqa: E402
+from harness.boot import boot, prepare_kit  # noqa: E402
+from harness.config import GuestSettings  # noqa: E402
+from harness.model import Selection  # noqa: E402
 from harness.config import Arch, load_lab  # noqa: E402
 from harness.main import Session  # noqa: E402
 from harness.ops import Ops  # noqa: E402
@@ -28,7 +30,7 @@ from harness.rootfs import ensure_rootfs  # noqa: E402
 
 def lab_kernel(session: Session, arch: Arch) -> Path | None:
     """The default lab's newest commit, base variant: built if not cached."""
-    target = session.targets(arch=arch.name, variant="base")[-1]
+    target = session.targets(Selection(arch.name, "base"))[-1]
     return session.builder().build(target).image
 
 
@@ -39,9 +41,10 @@ def rootfs_seconds(workdir: Path, arch: Arch, fresh: bool, ops: Ops) -> float:
         return ensure_rootfs(Path(scratch), arch, ops).build_seconds
 
 
-def boot_seconds(workdir: Path, arch: Arch, kernel: Path, options: BootOptions,
+def boot_seconds(workdir: Path, arch: Arch, kernel: Path, options: GuestSettings,
                  ops: Ops) -> tuple[float | None, str]:
-    with boot(workdir, arch, kernel, options, ops) as guest:
+    kit = prepare_kit(workdir, arch, kernel, options, ops)
+    with boot(kit, kernel, options, ops=ops) as guest:
         o = guest.outcome
         if not o.ready:
             return None, f"{o.state.value}: {o.reason}"
@@ -59,7 +62,7 @@ def main() -> int:
     lab = load_lab()
     ops = Ops(verbose=False)
     arches = [lab.arch(a) for a in args.arch] if args.arch else list(lab.arches)
-    options = BootOptions(init=args.init, boot_timeout=180)
+    options = GuestSettings(init=args.init, boot_timeout=180)
     for arch in arches:
         built = rootfs_seconds(lab.workdir, arch, args.fresh_rootfs, ops)
         print(f"{arch.name}: rootfs build {built:.1f} s", flush=True)

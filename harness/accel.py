@@ -22,7 +22,8 @@ from harness.config import Arch
 from harness.errors import UserError
 from harness.guest import Guest
 from harness.ops import Ops
-from harness.qemu import ACCELS, free_port, qemu_argv
+from harness.config import ACCEL_ARGS
+from harness.qemu import free_port, qemu_argv
 from harness.results import write_json
 
 PROBE_SECONDS = 12.0
@@ -62,7 +63,7 @@ def probe_kvm(arch: Arch, kernel: Path, run_dir: Path,
         with Guest(argv, run_dir, Path(tmp) / "qmp", verbose=False) as guest:
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline:
-                if any("Linux version" in line for line in guest.lines()):
+                if guest.report().kernel_release:
                     return AccelVerdict("kvm", f"kernel printed after {guest.elapsed():.1f} s")
                 if guest.returncode() is not None:
                     err = guest.qemu_errors().splitlines()
@@ -78,8 +79,8 @@ def choose_accel(workdir: Path, arch: Arch, kernel: Path, ops: Ops,
                  force: str | None = None, probe: Prober = probe_kvm) -> AccelVerdict:
     """The accelerator to boot `arch` with on this host: forced, remembered or probed."""
     if force:
-        if force not in ACCELS:
-            raise UserError(f"accel {force!r}: expected one of {', '.join(ACCELS)}")
+        if force not in ACCEL_ARGS:
+            raise UserError(f"accel {force!r}: expected one of {', '.join(ACCEL_ARGS)}")
         return AccelVerdict(force, "forced")
     if not arch.is_native:
         return AccelVerdict("tcg", f"{arch.name} guest on a {platform.machine()} host")

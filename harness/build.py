@@ -10,15 +10,19 @@ import os
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from harness import kconfig
-from harness.config import Arch, Lab, Variant
-from harness.gitrepo import Checkout, Commit
+from harness.config import Arch, Lab
+from harness.gitrepo import Checkout
+from harness.model import Status
+from harness.model import Target as Target  # the older home
 from harness.ops import Ops
 from harness.progress import Progress
-from harness.results import Status, write_json
+from harness.results import write_json
 
 OBJECT_RE = re.compile(r"^\s+(CC|AS|CC \[M\])\s")
 ERROR_RE = re.compile(r"(error:|Error \d+|\*\*\* |undefined reference|not found)")
@@ -26,17 +30,8 @@ ERROR_RE = re.compile(r"(error:|Error \d+|\*\*\* |undefined reference|not found)
 # "+" for a git checkout, so uname -r in the guest is the plain release.
 KBUILD_ENV = {"KBUILD_BUILD_USER": "bpflab", "KBUILD_BUILD_HOST": "bpflab",
               "KBUILD_BUILD_TIMESTAMP": "1970-01-01", "LC_ALL": "C", "LOCALVERSION": ""}
-
-
-@dataclass(frozen=True)
-class Target:
-    commit: Commit
-    arch: Arch
-    variant: Variant
-
-    @property
-    def label(self) -> str:
-        return f"{self.arch.name} {self.commit.name} {self.variant.name}"
+# What a cache entry holds besides meta.json; all of them, or it is no entry.
+ARTIFACTS = ("image", "vmlinux", "config", "System.map", "build.log")
 
 
 @dataclass(frozen=True)
@@ -70,6 +65,63 @@ def first_errors(log_lines: list[str], limit: int = 8) -> tuple[str, ...]:
     """The compiler's first complaints, else the end of the log."""
     hits = [line.strip() for line in log_lines if ERROR_RE.search(line)]
     return tuple(hits[:limit] or [line.strip() for line in log_lines[-limit:]])
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def read_entry(entry: Path) -> tuple[dict[str, object], str]:
+    """A cache entry's meta.json, and what is wrong with the entry ("" if whole)."""
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+    except FileNotFoundError:
+        return {}, "meta.json missing"
+    except (OSError, ValueError) as exc:
+        return {}, f"meta.json unreadable: {exc}"
+    if not isinstance(meta, dict):
+        return {}, "meta.json is not an object"
+    missing = [name for name in ARTIFACTS if not (entry / name).is_file()]
+    if missing:
+        return meta, f"{', '.join(missing)} missing"
+    if sha256_file(entry / "image") != meta.get("sha256_image"):
+        return meta, "image sha256 differs from meta.json"
+    # Entries stored before vmlinux_size was recorded are checked by their image only.
+    size = meta.get("vmlinux_size")
+    if size is not None and (entry / "vmlinux").stat().st_size != size:
+        return meta, "vmlinux size differs from meta.json"
+    return meta, ""
+
+
+@contextmanager
+def exclusive(path: Path, what: str, wait: bool = True) -> Iterator[bool]:
+    """An flock on path, which then holds our pid for whoever comes next. Yields
+    whether it is held: without wait, only if it was free; with wait, always, after
+    saying once who holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        held = _flock(fd, what, wait)
+        if held:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield held
+    finally:
+        os.close(fd)
+
+
+def _flock(fd: int, what: str, wait: bool) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        if not wait:
+            return False
+    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    print(f"waiting for {what} (held by pid {holder})", flush=True)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return True
 
 
 def compiler_version(ops: Ops, arch: Arch) -> str:
@@ -121,31 +173,56 @@ class Builder:
     def cache_dir(self, key: str) -> Path:
         return self.lab.workdir / "cache" / "kernels" / key
 
+    def build_lock(self, arch: Arch) -> Path:
+        """Held for configure, make and storing: one make per build directory."""
+        bdir = self.build_dir(arch)
+        return bdir.with_name(f"{bdir.name}.lock")
+
     def lookup(self, target: Target) -> BuildResult | None:
-        key = self.key(target)
+        """The cached build of target. A broken entry is a miss: said, and removed
+        unless a build holds the build directory (its store replaces the entry)."""
+        return self._lookup(target, self.key(target), locked=False)
+
+    def _lookup(self, target: Target, key: str, locked: bool) -> BuildResult | None:
         done = self.cache_dir(key)
-        if (done / "meta.json").exists():
-            meta = json.loads((done / "meta.json").read_text())
-            return BuildResult(target, Status.PASS, key, done / "build.log", done, cached=True,
-                               meta=meta)
+        if not done.exists():
+            return None
+        meta, why = read_entry(done)
+        if not why:
+            return BuildResult(target, Status.PASS, key, done / "build.log", done,
+                               cached=True, meta=meta)
+        print(f"[build {target.label}] cache miss: {done} is broken ({why})", flush=True)
+        if locked:
+            shutil.rmtree(done, ignore_errors=True)
+        else:
+            with exclusive(self.build_lock(target.arch), str(self.build_dir(target.arch)),
+                           wait=False) as held:
+                if held:
+                    shutil.rmtree(done, ignore_errors=True)
         return None
 
     def build(self, target: Target, force: bool = False) -> BuildResult:
         """Build one target, or return its cached artifacts (unless forced)."""
-        hit = None if force else self.lookup(target)
-        if hit:
-            print(f"[build {target.label}] cache hit: {hit.artifacts}", flush=True)
-            return hit
         key = self.key(target)
+        hit = None if force else self._hit(target, key, locked=False)
+        if hit:
+            return hit
         bdir = self.build_dir(target.arch)
         bdir.mkdir(parents=True, exist_ok=True)
         # One build at a time per source checkout: the tree must stay at the commit
         # (and its patches) until make is done, whichever arch is building.
-        lockfile = self.checkout.path.parent / f".{self.checkout.path.name}.lock"
-        lockfile.parent.mkdir(parents=True, exist_ok=True)
-        with open(lockfile, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            return self._build_locked(target, key, bdir)
+        checkout = self.checkout.path
+        with exclusive(self.build_lock(target.arch), str(bdir)), \
+                exclusive(checkout.parent / f".{checkout.name}.lock", str(checkout)):
+            # Another lab may have built it while this one waited.
+            hit = None if force else self._hit(target, key, locked=True)
+            return hit or self._build_locked(target, key, bdir)
+
+    def _hit(self, target: Target, key: str, locked: bool) -> BuildResult | None:
+        hit = self._lookup(target, key, locked)
+        if hit:
+            print(f"[build {target.label}] cache hit: {hit.artifacts}", flush=True)
+        return hit
 
     def _build_locked(self, target: Target, key: str, bdir: Path) -> BuildResult:
         logs = self.lab.workdir / "logs"
@@ -239,7 +316,8 @@ class Builder:
         for name in ("vmlinux", ".config", "System.map"):
             shutil.copy2(bdir / name, tmp / name.lstrip("."))
         shutil.copy2(log, tmp / "build.log")
-        meta["sha256_image"] = hashlib.sha256((tmp / "image").read_bytes()).hexdigest()
+        meta["sha256_image"] = sha256_file(tmp / "image")
+        meta["vmlinux_size"] = (tmp / "vmlinux").stat().st_size
         write_json(tmp / "meta.json", meta)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

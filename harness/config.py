@@ -1,13 +1,16 @@
 """lab.yaml and kernels/arches.yaml, loaded once into frozen dataclasses.
 
-Unknown keys and wrong types are refused with the file, the key and what was
-expected; no raw dict travels past this module."""
+Unknown keys, duplicate keys, wrong types and absurd numbers are refused with the
+file, the key and what was expected; no raw dict travels past this module."""
 
 from __future__ import annotations
 
+import math
+import os
 import platform
 import re
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +24,23 @@ DEFAULT_LAB = PROJECT / "lab.yaml"
 BASE_CONFIGS = ("tinyconfig", "defconfig", "allnoconfig")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 T = TypeVar("T")
+
+# The one vocabulary of guest accelerators and inits: QEMU's -accel argument and the
+# guest's init= path for each. "auto" probes KVM once per host, else TCG.
+ACCEL_ARGS: dict[str, str] = {
+    "tcg": "tcg,thread=multi",  # one host thread per vCPU; TCG is otherwise single-threaded
+    "kvm": "kvm",
+}
+INIT_PATHS: dict[str, str] = {
+    "lean": "/usr/sbin/bpflab-init",  # brings up eth0 and sshd, nothing else
+    "systemd": "/lib/systemd/systemd",  # the stock boot
+}
+ACCELS = ("auto", *ACCEL_ARGS)
+INITS = tuple(INIT_PATHS)
+DAY_S = 86400  # the longest timeout: anything longer is a typo, not a plan
+MAX_JOBS = 1024
+MIN_BYTES, MAX_BYTES = 4096, 2**34  # 4 KiB .. 16 GiB
+EXPECT_FORM = "a mapping {test: <test id>, signatures: [...]}"
 
 
 @dataclass(frozen=True)
@@ -72,13 +92,22 @@ class BuildSettings:
 
 
 @dataclass(frozen=True)
+class ExpectedReport:
+    """A kernel report a variant must produce: the test that triggers it, and the
+    signatures (prefixes) accepted from it, e.g. "KASAN: use-after-free Read in"."""
+
+    test: str  # a JUnit test id (file.py::test_name) or a C suite case (suite::case)
+    signatures: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Variant:
     name: str
     patches: tuple[Path, ...]
     arches: tuple[str, ...]
-    # Kernel report signatures (prefixes) this variant must produce, e.g. a
-    # fault-injection kernel's "KASAN: use-after-free"; their absence is a failure.
-    expect_reports: tuple[str, ...] = ()
+    # Reports this variant must produce, e.g. a fault-injection kernel's use-after-free
+    # under its reproducer; their absence is a failure, their presence no kernel bug.
+    expect_reports: tuple[ExpectedReport, ...] = ()
     # Upstream commits the patches undo: the suites treat them as absent, whatever the
     # kernel's release says, and so expect the old behaviour (e.g. the UAF) on it.
     reverts: tuple[str, ...] = ()
@@ -88,16 +117,27 @@ class Variant:
     backports: tuple[str, ...] = ()
 
 
-ACCELS = ("auto", "tcg", "kvm")
-INITS = ("lean", "systemd")
-
-
 @dataclass(frozen=True)
 class GuestSettings:
     accel: str = "auto"  # auto: probe KVM once per host (bounded), else TCG
     init: str = "lean"  # lean: bpflab-init starts network and sshd; systemd: stock boot
     boot_timeout: float = 90.0  # s from QEMU start to SSH ready
-    silence_timeout: float = 30.0  # s without console output: a hang
+    silence_timeout: float = 30.0  # s without console output at boot: a hang
+    test_timeout: float = 600.0  # s one test may run (begin to end marker): a hang
+    suite_timeout: float = 1800.0  # s one suite command may run
+    max_boots: int = 8  # boots per target at most
+    # kernel command line additions (not in the lab file: tools such as the report
+    # recorder boot with kasan_multi_shot)
+    cmdline_extra: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bytes the lab keeps from a guest: a guest that floods must not fill the disk."""
+
+    console_bytes: int = 64 << 20  # console.log per boot
+    output_bytes: int = 16 << 20  # stdout/stderr per suite command
+    junit_bytes: int = 16 << 20  # a guest JUnit file, read at most
 
 
 @dataclass(frozen=True)
@@ -109,74 +149,181 @@ class Lab:
     build: BuildSettings
     variants: tuple[Variant, ...]
     guest: GuestSettings = GuestSettings()
+    limits: Limits = Limits()
 
     def arch(self, name: str) -> Arch:
         return find_arch(self.arches, name, str(self.path), "--arch")
 
 
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, lines: list[int]) -> None:
+        super().__init__(key)
+        self.key, self.lines = key, lines
+
+
+class _Loader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the
+    last), and keeps the text of every number so a message can quote what was typed."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.paths: dict[int, str] = {}  # id of a collection node -> its key path
+        self.numbers: dict[str, str] = {}  # key path of a number -> its text
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._walk(node, "")
+        return super().construct_document(node)
+
+    def _walk(self, node: yaml.Node, path: str) -> None:
+        if id(node) in self.paths:  # an alias: walked already
+            return
+        if isinstance(node, yaml.MappingNode):
+            self.paths[id(node)] = path
+            for key, value in node.value:
+                self._walk(value, _join(path, str(key.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            self.paths[id(node)] = path
+            for i, value in enumerate(node.value):
+                self._walk(value, f"{path}[{i}]")
+        elif node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+            self.numbers[path] = str(node.value)
+
+    def construct_mapping(self, node: yaml.MappingNode,
+                          deep: bool = False) -> dict[Hashable, Any]:
+        lines: dict[Any, list[int]] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # << may be overridden
+                continue
+            try:
+                lines.setdefault(self.construct_object(key_node, deep=deep), []).append(
+                    key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: the base class refuses it
+                pass
+        for key, at in lines.items():
+            if len(at) > 1:
+                raise _DuplicateKey(_join(self.paths.get(id(node), ""), str(key)), at)
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(path: Path, what: str) -> tuple[Any, dict[str, str]]:
+    """A YAML file's data, and the text of each number in it by key path."""
+    file = str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(file, "(file)", f"a readable {what} ({exc.strerror})") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(file, "(file)", f"UTF-8 text (byte 0x{data[exc.start]:02x} "
+                                          f"at offset {exc.start})") from None
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data(), loader.numbers
+    except _DuplicateKey as exc:
+        *head, last = map(str, exc.lines)
+        raise ConfigError(file, exc.key, "a key given once, but it appears on lines "
+                                         f"{', '.join(head)} and {last}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(file, "(file)", f"valid YAML ({exc})".replace("\n", " ")) from exc
+    finally:
+        loader.dispose()
+
+
 class _Table:
     """A YAML mapping being read: every key taken is checked, leftovers are errors."""
 
-    def __init__(self, data: Any, file: str, where: str) -> None:
+    def __init__(self, data: Any, file: str, where: str,
+                 numbers: Mapping[str, str] | None = None) -> None:
         if not isinstance(data, dict):
             raise ConfigError(file, where or "(top level)", "expected a mapping")
         self.data = dict(data)
         self.file = file
         self.where = where
+        self.numbers = numbers or {}
 
     def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
+        return _join(self.where, name)
+
+    def quote_hint(self, key: str, value: object) -> str:
+        """Why a number stands where a string was expected, and the fix."""
+        text = self.numbers.get(key)
+        if text is None or isinstance(value, bool):
+            return ""
+        read = "a number" if text == repr(value) else f"the number {value!r}"
+        return f' (YAML reads {text} as {read}: write "{text}" in quotes)'
 
     def take(self, name: str, kind: type[T], default: T | None = None,
              required: bool = False) -> T:
+        key = self.key(name)
         if name not in self.data:
             if required:
-                raise ConfigError(self.file, self.key(name), "missing (required)")
+                raise ConfigError(self.file, key, "missing (required)")
             return default  # type: ignore[return-value]
         value = self.data.pop(name)
-        if kind is float and isinstance(value, int):
-            value = float(value)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value) if abs(value) < 2**1000 else math.inf
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(self.file, self.key(name),
-                              f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+            hint = self.quote_hint(key, value) if kind is str else ""
+            raise ConfigError(self.file, key, f"expected {kind.__name__}{hint}, "
+                                              f"got {type(value).__name__} {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(self.file, key,
+                              f"a finite number, got {self.numbers.get(key, value)}")
         return value
 
-    def strings(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-        value = self.take(name, list, list(default))
+    def strings(self, name: str, default: tuple[str, ...] = (),
+                required: bool = False) -> tuple[str, ...]:
+        """A list of strings; a number is refused, not converted: 6.10 would be 6.1."""
+        value = self.take(name, list, list(default), required)
         for i, item in enumerate(value):
-            if isinstance(item, (int, float)) and not isinstance(item, bool):
-                item = str(item)
             if not isinstance(item, str):
-                raise ConfigError(self.file, f"{self.key(name)}[{i}]",
-                                  f"expected a string, got {item!r}")
-            value[i] = item
+                key = f"{self.key(name)}[{i}]"
+                raise ConfigError(self.file, key,
+                                  f"a string{self.quote_hint(key, item)}, got {item!r}")
         return tuple(value)
 
     def sub(self, name: str) -> "_Table":
-        return _Table(self.take(name, dict, {}), self.file, self.key(name))
+        return _Table(self.take(name, dict, {}), self.file, self.key(name), self.numbers)
 
     def done(self) -> None:
         if self.data:
-            extra = sorted(self.data)[0]
-            raise ConfigError(self.file, self.key(str(extra)), "unknown key")
+            extra = sorted(map(str, self.data))[0]
+            raise ConfigError(self.file, self.key(extra), "unknown key")
+
+
+def _count(t: _Table, name: str, default: int, lo: int, hi: int, what: str) -> int:
+    value = t.take(name, int, default)
+    if not lo <= value <= hi:
+        raise ConfigError(t.file, t.key(name), f"{what}, got {value}")
+    return value
+
+
+def _seconds(t: _Table, name: str, default: float) -> float:
+    value = t.take(name, float, default)
+    if not 0 < value <= DAY_S:
+        raise ConfigError(t.file, t.key(name), f"seconds > 0 and <= {DAY_S} (one day), "
+                                               f"got {t.numbers.get(t.key(name), value)}")
+    return value
 
 
 def load_arches(path: Path = ARCHES_FILE) -> tuple[Arch, ...]:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(str(path), "(file)", f"readable YAML ({exc})") from exc
-    top = _Table(raw, str(path), "")
+    raw, numbers = _read_yaml(path, "arches file")
+    top = _Table(raw, str(path), "", numbers)
     arches = []
     for name in list(top.data):
         t = top.sub(str(name))
-        fields = {f: t.take(f, str, required=True) for f in (
+        values = {f: t.take(f, str, required=True) for f in (
             "linux_arch", "cross_compile", "make_target", "kernel_image", "fragment",
             "debian_arch", "qemu_binary", "machine", "cpu", "console")}
         aliases = t.strings("aliases")
         t.done()
-        fields["fragment"] = path.parent / fields["fragment"]  # type: ignore[assignment]
-        arches.append(Arch(name=str(name), aliases=aliases, **fields))  # type: ignore[arg-type]
+        values["fragment"] = path.parent / values["fragment"]  # type: ignore[assignment]
+        arches.append(Arch(name=str(name), aliases=aliases, **values))  # type: ignore[arg-type]
     return tuple(arches)
 
 
@@ -219,43 +366,60 @@ def _source(t: _Table, base: Path) -> Source:
     return Source(git_path, versions, range_, paths, commits)
 
 
+def _files(t: _Table, name: str, base: Path, what: str) -> tuple[Path, ...]:
+    paths = []
+    for i, value in enumerate(t.strings(name)):
+        path = _resolve(base, value)
+        if not path.is_file():
+            raise ConfigError(t.file, f"{t.key(name)}[{i}]",
+                              f"an existing {what}, but {path} does not exist")
+        paths.append(path)
+    return tuple(paths)
+
+
 def _build(t: _Table, base: Path) -> BuildSettings:
     base_cfg = t.take("base", str, "tinyconfig")
     if base_cfg not in BASE_CONFIGS:
         raise ConfigError(t.file, t.key("base"),
                           f"one of {', '.join(BASE_CONFIGS)}, got {base_cfg!r}")
-    frags = []
-    for i, name in enumerate(t.strings("fragments")):
-        path = _resolve(base, name)
-        if not path.is_file():
-            raise ConfigError(t.file, f"{t.key('fragments')}[{i}]",
-                              f"an existing Kconfig fragment, but {path} does not exist")
-        frags.append(path)
-    jobs = t.take("jobs", int, 0)
-    if jobs < 0:
-        raise ConfigError(t.file, t.key("jobs"), f"a count >= 0 (0 = all cores), got {jobs}")
+    frags = _files(t, "fragments", base, "Kconfig fragment")
+    jobs = _count(t, "jobs", 0, 0, MAX_JOBS, f"a count 0..{MAX_JOBS} (0 = all cores)")
     ccache = t.take("ccache", bool, True)
     t.done()
-    return BuildSettings(base_cfg, tuple(frags), jobs, ccache)
+    return BuildSettings(base_cfg, frags, jobs, ccache)
+
+
+def _choice(t: _Table, name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = t.take(name, str, default)
+    if value not in choices:
+        raise ConfigError(t.file, t.key(name), f"one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def _guest(t: _Table) -> GuestSettings:
-    accel = t.take("accel", str, "auto")
-    if accel not in ACCELS:
-        raise ConfigError(t.file, t.key("accel"), f"one of {', '.join(ACCELS)}, got {accel!r}")
-    init = t.take("init", str, "lean")
-    if init not in INITS:
-        raise ConfigError(t.file, t.key("init"), f"one of {', '.join(INITS)}, got {init!r}")
-    times = {}
-    for name, default in (("boot_timeout", 90.0), ("silence_timeout", 30.0)):
-        times[name] = t.take(name, float, default)
-        if times[name] <= 0:
-            raise ConfigError(t.file, t.key(name), f"seconds > 0, got {times[name]}")
+    d = GuestSettings()
+    accel = _choice(t, "accel", d.accel, ACCELS)
+    init = _choice(t, "init", d.init, INITS)
+    seconds = {f.name: _seconds(t, f.name, getattr(d, f.name))
+               for f in fields(GuestSettings) if f.name.endswith("_timeout")}
+    max_boots = _count(t, "max_boots", d.max_boots, 1, 64, "boots per target 1..64")
     t.done()
-    return GuestSettings(accel, init, times["boot_timeout"], times["silence_timeout"])
+    return replace(d, accel=accel, init=init, max_boots=max_boots,
+                   boot_timeout=seconds["boot_timeout"],
+                   silence_timeout=seconds["silence_timeout"],
+                   test_timeout=seconds["test_timeout"], suite_timeout=seconds["suite_timeout"])
 
 
-def _commit_ids(t: "_Table", key: str) -> tuple[str, ...]:
+def _limits(t: _Table) -> Limits:
+    d = Limits()
+    sizes = {f.name: _count(t, f.name, getattr(d, f.name), MIN_BYTES, MAX_BYTES,
+                            f"bytes {MIN_BYTES}..{MAX_BYTES} (4 KiB..16 GiB)")
+             for f in fields(Limits)}
+    t.done()
+    return Limits(**sizes)
+
+
+def _commit_ids(t: _Table, key: str) -> tuple[str, ...]:
     ids = t.strings(key)
     for j, cid in enumerate(ids):
         if not re.fullmatch(r"[0-9a-f]{7,40}", cid):
@@ -264,34 +428,49 @@ def _commit_ids(t: "_Table", key: str) -> tuple[str, ...]:
     return ids
 
 
-def _variants(raw: Any, file: str, base: Path, arches: tuple[Arch, ...]) -> tuple[Variant, ...]:
+def _expected_reports(t: _Table) -> tuple[ExpectedReport, ...]:
+    out = []
+    for j, item in enumerate(t.take("expect_reports", list, [])):
+        where = f"{t.key('expect_reports')}[{j}]"
+        if not isinstance(item, dict):  # the old form: a bare signature, tied to no test
+            raise ConfigError(t.file, where, f"{EXPECT_FORM}, got {item!r}")
+        r = _Table(item, t.file, where, t.numbers)
+        test = r.take("test", str, required=True)
+        if not test or any(c.isspace() for c in test):
+            raise ConfigError(t.file, r.key("test"), "a test id without spaces "
+                              f"(file.py::test_name or suite::case), got {test!r}")
+        signatures = r.strings("signatures", required=True)
+        if not signatures or not all(s.strip() for s in signatures):
+            raise ConfigError(t.file, r.key("signatures"), "a non-empty list of non-empty "
+                              f"report signatures, got {list(signatures)!r}")
+        r.done()
+        out.append(ExpectedReport(test, signatures))
+    return tuple(out)
+
+
+def _variants(top: _Table, base: Path, arches: tuple[Arch, ...]) -> tuple[Variant, ...]:
+    raw, file = top.data.pop("variants", None), top.file
     if raw is None:
         return (Variant("base", (), ()),)
     if not isinstance(raw, list) or not raw:
         raise ConfigError(file, "variants", "a non-empty list of {name, patches, arches}")
     out = []
     for i, item in enumerate(raw):
-        t = _Table(item, file, f"variants[{i}]")
+        t = _Table(item, file, f"variants[{i}]", top.numbers)
         name = t.take("name", str, required=True)
         if not NAME_RE.fullmatch(name):
             raise ConfigError(file, t.key("name"), f"letters, digits, '.', '_', '-', got {name!r}")
-        patches = []
-        for j, p in enumerate(t.strings("patches")):
-            path = _resolve(base, p)
-            if not path.is_file():
-                raise ConfigError(file, f"{t.key('patches')}[{j}]",
-                                  f"an existing patch file, but {path} does not exist")
-            patches.append(path)
+        patches = _files(t, "patches", base, "patch file")
         only = tuple(find_arch(arches, a, file, t.key("arches")).name
                      for a in t.strings("arches"))
-        expect = t.strings("expect_reports")
+        expect = _expected_reports(t)
         reverts, backports = _commit_ids(t, "reverts"), _commit_ids(t, "backports")
         both = sorted(set(reverts) & set(backports))
         if both:
             raise ConfigError(file, t.key("backports"),
                               f"commits not also in reverts, got {both[0]} in both")
         t.done()
-        out.append(Variant(name, tuple(patches), only, expect, reverts, backports))
+        out.append(Variant(name, patches, only, expect, reverts, backports))
     names = [v.name for v in out]
     if len(set(names)) != len(names):
         raise ConfigError(file, "variants", f"unique names, got {names}")
@@ -300,24 +479,20 @@ def _variants(raw: Any, file: str, base: Path, arches: tuple[Arch, ...]) -> tupl
 
 def load_lab(path: Path = DEFAULT_LAB, arches_file: Path = ARCHES_FILE) -> Lab:
     path = path.resolve()
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(str(path), "(file)", f"a readable lab file ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), "(file)", f"valid YAML ({exc})".replace("\n", " ")) from exc
+    raw, numbers = _read_yaml(path, "lab file")
     file, base = str(path), path.parent
-    top = _Table(raw, file, "")
+    top = _Table(raw, file, "", numbers)
     known = load_arches(arches_file)
     workdir = Path(top.take("workdir", str, "work")).expanduser()
-    workdir = workdir if workdir.is_absolute() else base / workdir
+    workdir = Path(os.path.normpath(workdir if workdir.is_absolute() else base / workdir))
     source = _source(top.sub("source"), base)
     names = top.strings("arches", ("x86_64",))
     if not names:
         raise ConfigError(file, "arches", "at least one arch")
     arches = tuple(find_arch(known, n, file, f"arches[{i}]") for i, n in enumerate(names))
     build = _build(top.sub("build"), base)
-    variants = _variants(top.data.pop("variants", None), file, base, arches)
+    variants = _variants(top, base, arches)
     guest = _guest(top.sub("guest"))
+    limits = _limits(top.sub("limits"))
     top.done()
-    return Lab(path, workdir, source, arches, build, variants, guest)
+    return Lab(path, workdir, source, arches, build, variants, guest, limits)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -67,30 +68,57 @@ def split_stamp(line: str) -> tuple[float | None, str]:
     return float(m.group(2)), m.group(3)
 
 
-def parse(lines: Iterable[str], tail: int = TAIL) -> ConsoleReport:
-    first = last = None
-    release = init = bug = None
-    kasan = sshd = panic = False
-    recent: list[str] = []
-    count = 0
-    for raw in lines:
+MARK_RE = re.compile(r"bpflab: (begin|end) (\S+)(?: (\S+))?")
+
+
+class ConsoleWatch:
+    """Console facts kept up to date line by line: each line is looked at once, so
+    a chatty kernel costs linear time and bounded memory (the tail, not the log).
+    Also follows the suites' kmsg markers: which test is running, since when."""
+
+    def __init__(self, tail: int = TAIL) -> None:
+        self.count = 0
+        self.first: float | None = None
+        self.last: float | None = None
+        self.release: str | None = None
+        self.init: str | None = None
+        self.bug: str | None = None
+        self.kasan = self.sshd = self.panic = False
+        self.recent: deque[str] = deque(maxlen=tail)
+        self.running: tuple[str, float | None] | None = None  # test, host s at begin
+        self.ended: dict[str, str] = {}  # test -> outcome its end marker gave
+
+    def feed(self, raw: str) -> None:
         stamp, text = split_stamp(raw.rstrip("\r\n"))
-        count += 1
+        self.count += 1
         if stamp is not None:
-            first = stamp if first is None else first
-            last = stamp
-        recent.append(text)
-        if len(recent) > tail:
-            del recent[0]
-        release = release or _group(RELEASE_RE, text)
-        init = init or _group(INIT_RE, text)
-        kasan = kasan or bool(KASAN_RE.search(text))
-        sshd = sshd or bool(SSHD_RE.search(text))
-        panic = panic or bool(PANIC_RE.search(text))
-        if bug is None and BUG_RE.search(text):
-            bug = text.strip()
-    return ConsoleReport(count, first, last, release, kasan, init, sshd, bug, panic,
-                         tuple(recent))
+            self.first = stamp if self.first is None else self.first
+            self.last = stamp
+        self.recent.append(text)
+        self.release = self.release or _group(RELEASE_RE, text)
+        self.init = self.init or _group(INIT_RE, text)
+        self.kasan = self.kasan or bool(KASAN_RE.search(text))
+        self.sshd = self.sshd or bool(SSHD_RE.search(text))
+        self.panic = self.panic or bool(PANIC_RE.search(text))
+        if self.bug is None and BUG_RE.search(text):
+            self.bug = text.strip()
+        mark = MARK_RE.search(text) if "bpflab: " in text else None
+        if mark and mark.group(1) == "begin":
+            self.running = (mark.group(2), stamp)
+        elif mark:
+            self.ended[mark.group(2)] = mark.group(3) or ""
+            self.running = None
+
+    def report(self) -> ConsoleReport:
+        return ConsoleReport(self.count, self.first, self.last, self.release, self.kasan,
+                             self.init, self.sshd, self.bug, self.panic, tuple(self.recent))
+
+
+def parse(lines: Iterable[str], tail: int = TAIL) -> ConsoleReport:
+    watch = ConsoleWatch(tail)
+    for raw in lines:
+        watch.feed(raw)
+    return watch.report()
 
 
 def _group(regex: re.Pattern[str], text: str) -> str | None:

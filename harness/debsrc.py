@@ -264,6 +264,14 @@ def _imported(ops: Ops, repo: Path) -> dict[str, Release]:
     return found
 
 
+def imported_versions(ops: Ops, repo: Path) -> set[str]:
+    """The releases a Debian repository already holds; reads only (empty when the
+    repository does not exist yet)."""
+    if not (repo / "HEAD").exists():
+        return set()
+    return set(_imported(ops, repo))
+
+
 def import_release(ops: Ops, repo: Path, apt: Archive, wanted: str, scratch: Path,
                    downloads: Path) -> Release:
     """Download one linux-source package and store its tree in the repository."""

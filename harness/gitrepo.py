@@ -8,19 +8,8 @@ from pathlib import Path
 
 from harness.config import Lab, Source
 from harness.errors import ConfigError
+from harness.model import Commit
 from harness.ops import Ops
-
-
-@dataclass(frozen=True)
-class Commit:
-    sha: str
-    tree: str
-    name: str  # a tag when one points here, else the short sha
-    subject: str
-
-    @property
-    def short(self) -> str:
-        return self.sha[:12]
 
 
 def git(ops: Ops, repo: Path, *args: str, check: bool = True) -> str:

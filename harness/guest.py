@@ -14,10 +14,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Sequence
 
+from harness.console import ConsoleReport, ConsoleWatch
 from harness.errors import LabError
 from harness.ops import echo
 
 PR_SET_PDEATHSIG = 1
+CONSOLE_LIMIT = 64 << 20  # bytes of console.log per boot (limits.console_bytes)
+TRUNCATED = "[bpflab: console truncated"
 
 
 def _die_with_parent() -> None:
@@ -70,7 +73,7 @@ class Guest:
     """A QEMU process. The constructor only records; start() launches."""
 
     def __init__(self, argv: Sequence[str], run_dir: Path, qmp_socket: Path,
-                 verbose: bool = True) -> None:
+                 verbose: bool = True, console_limit: int = CONSOLE_LIMIT) -> None:
         self.argv = list(argv)
         self.run_dir = run_dir
         self.console_log = run_dir / "console.log"
@@ -79,7 +82,8 @@ class Guest:
         self.verbose = verbose
         self.started_mono = 0.0
         self.proc: subprocess.Popen[bytes] | None = None
-        self._lines: list[str] = []
+        self.console_limit = console_limit
+        self._watch = ConsoleWatch()
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
 
@@ -101,19 +105,40 @@ class Guest:
         self._reader.start()
 
     def _read(self, started_wall: float) -> None:
+        """Stamp and save each console line, up to console_limit bytes on disk; past
+        it the guest is still drained (QEMU must never block on a full pipe) and
+        followed, and the file says where it was cut."""
         assert self.proc is not None and self.proc.stdout is not None
+        written, cut = 0, False
         with open(self.console_log, "w", encoding="utf-8") as log:
             for raw in self.proc.stdout:
                 text = raw.decode("utf-8", errors="replace").rstrip("\r\n").replace("\r", "")
                 line = stamp(started_wall, self.started_mono, time.monotonic(), text)
+                with self._lock:
+                    self._watch.feed(line)
+                if written + len(line) + 1 > self.console_limit:
+                    if not cut:
+                        log.write(f"{TRUNCATED} at {written} bytes (limits.console_bytes)\n")
+                        log.flush()
+                    cut = True
+                    continue
                 log.write(line + "\n")
                 log.flush()
-                with self._lock:
-                    self._lines.append(line)
+                written += len(line) + 1
 
-    def lines(self) -> list[str]:
+    def report(self) -> ConsoleReport:
+        """The console's facts as they stand now (first output, release, bug, tail)."""
         with self._lock:
-            return list(self._lines)
+            return self._watch.report()
+
+    def running_test(self) -> tuple[str, float | None] | None:
+        """The test whose begin marker has no end marker yet, with its host time."""
+        with self._lock:
+            return self._watch.running
+
+    def ended_tests(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._watch.ended)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started_mono

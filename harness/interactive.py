@@ -12,12 +12,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.boot import BootedGuest, BootOptions, boot
-from harness.build import Target
+from harness.boot import BootedGuest, boot, prepare_kit
+from harness.config import GuestSettings
 from harness.errors import LabError, UserError
-from harness.main import EXIT_FAILED, EXIT_LAB, EXIT_OK, Session
+from harness.main import Session
+from harness.model import Selection, Target, TaskResult, Verdict
 from harness.ssh import Endpoint, GuestSSH
-from harness.results import Status, write_json
+from harness.model import Status
+from harness.results import write_json
 
 
 @dataclass(frozen=True)
@@ -58,21 +60,18 @@ def guests_dir(session: Session) -> Path:
 
 def pick_target(session: Session, arch: str, commit: str | None, variant: str) -> Target:
     """The newest commit of the history unless one is named; one arch, one variant."""
-    targets = session.targets(arch, variant, commit)
-    if not targets:
-        raise UserError(f"no target for arch {arch}, variant {variant} in {session.lab.path}")
-    return targets[-1]
+    return session.targets(Selection(arch, variant, commit))[-1]
 
 
 def boot_task(session: Session, arch: str, commit: str | None, variant: str,
-              options: BootOptions, command: str, wait: bool) -> int:
+              settings: GuestSettings, command: str, wait: bool) -> TaskResult:
     target = pick_target(session, arch, commit, variant)
     result = session.builder().build(target)
     if result.status is not Status.PASS or result.image is None:
         print("\n".join((f"build failed: {result.log}", *result.errors)))
-        return EXIT_FAILED
-    with boot(session.lab.workdir, target.arch, result.image, options,
-              ops=session.ops) as guest:
+        return TaskResult(Verdict.FAILED)
+    kit = prepare_kit(session.lab.workdir, target.arch, result.image, settings, session.ops)
+    with boot(kit, result.image, settings, ops=session.ops) as guest:
         o = guest.outcome
         print(f"boot: {o.state.value} ({o.reason}); accel {o.accel}, first output "
               f"{_secs(o.first_output_s)}, ssh {_secs(o.ssh_ready_s)}, kernel "
@@ -80,7 +79,7 @@ def boot_task(session: Session, arch: str, commit: str | None, variant: str,
               f"console: {o.console_log}", flush=True)
         if not o.ready:
             print("\n".join(o.tail))
-            return EXIT_FAILED
+            return TaskResult(Verdict.FAILED)
         reach = _publish(session, target, guest)
         try:
             return _use(guest, reach, command, wait)
@@ -107,12 +106,12 @@ def _publish(session: Session, target: Target, guest: BootedGuest) -> Reach:
     return reach
 
 
-def _use(guest: BootedGuest, reach: Reach, command: str, wait: bool) -> int:
+def _use(guest: BootedGuest, reach: Reach, command: str, wait: bool) -> TaskResult:
     if command:
         done = guest.ssh.run(command, timeout=3600)
         sys.stdout.write(done.stdout)
         sys.stderr.write(done.stderr)
-        return done.exit_status
+        return TaskResult(Verdict.OK, done.exit_status)
     if wait or not sys.stdin.isatty():
         print("guest running; Ctrl-C (or SIGTERM) powers it off", flush=True)
         stop = threading.Event()
@@ -122,9 +121,9 @@ def _use(guest: BootedGuest, reach: Reach, command: str, wait: bool) -> int:
                 pass
         except KeyboardInterrupt:
             pass
-        return EXIT_OK
+        return TaskResult(Verdict.OK)
     import subprocess  # an interactive shell: OpenSSH handles the terminal best
-    return subprocess.call(ssh_argv(reach))
+    return TaskResult(Verdict.OK, subprocess.call(ssh_argv(reach)))
 
 
 def load_reach(session: Session, arch: str | None) -> Reach:
@@ -157,7 +156,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def ssh_task(session: Session, arch: str | None, command: str) -> int:
+def ssh_task(session: Session, arch: str | None, command: str) -> TaskResult:
     reach = load_reach(session, arch)
     if not command:
         os.execvp("ssh", ssh_argv(reach))
@@ -167,9 +166,9 @@ def ssh_task(session: Session, arch: str | None, command: str) -> int:
         done = client.run(command, timeout=3600)
     except LabError as exc:
         print(f"ssh to {reach.target}: {exc}", file=sys.stderr)
-        return EXIT_LAB
+        return TaskResult(Verdict.LAB)
     finally:
         client.close()
     sys.stdout.write(done.stdout)
     sys.stderr.write(done.stderr)
-    return done.exit_status
+    return TaskResult(Verdict.OK, done.exit_status)

@@ -1,21 +1,34 @@
-"""Targets: commits x arches x variants, in history order."""
+"""invoke plan: the targets a lab resolves to, commit x arch x variant, in history
+order. It changes nothing on disk and downloads nothing: Debian releases not yet
+imported are listed with what would be fetched."""
 
 from __future__ import annotations
 
-from harness.build import Target
 from harness.config import Lab
-from harness.gitrepo import Commit
-
-
-def targets(lab: Lab, commits: list[Commit], arch: str | None = None,
-            variant: str | None = None) -> list[Target]:
-    arches = [lab.arch(arch)] if arch else list(lab.arches)
-    variants = [v for v in lab.variants if variant in (None, v.name)]
-    return [Target(c, a, v) for c in commits for a in arches for v in variants
-            if not v.arches or a.name in v.arches]
+from harness.debsrc import imported_versions, package_for
+from harness.gitrepo import resolve
+from harness.model import Commit, Selection, Target
+from harness.ops import Ops
 
 
 def describe(targets_: list[Target]) -> str:
-    rows = [f"{t.commit.name:<16} {t.commit.short}  {t.arch.name:<7} {t.variant.name:<12} "
+    rows = [f"{t.commit.name:<16} {t.commit.short:<12}  {t.arch.name:<7} {t.variant.name:<12} "
             f"{t.commit.subject[:60]}" for t in targets_]
     return "\n".join([f"{len(targets_)} targets (commit x arch x variant):", *rows])
+
+
+def plan_text(lab: Lab, ops: Ops, selection: Selection) -> str:
+    if lab.source.git:
+        commits = resolve(ops, lab.source.git, lab.source, str(lab.path))
+        return describe(selection.targets(lab, commits))
+    repo = lab.workdir / "src" / "debian.git"
+    have = imported_versions(ops, repo)
+    missing = [v for v in lab.source.debian_versions if v not in have]
+    if not missing:
+        return describe(selection.targets(lab, resolve(ops, repo, lab.source, str(lab.path))))
+    commits = [Commit("", "", f"v{v.split('-')[0]}", "(not imported yet)")
+               for v in lab.source.debian_versions]
+    fetch = [f"  {package_for(v)} {v}: from Debian's archive, imported into {repo} as "
+             f"v{v.split('-')[0]}" for v in missing]
+    return "\n".join([describe(selection.targets(lab, commits)), "",
+                      f"./lab matrix would first fetch {len(missing)} release(s):", *fetch])

@@ -11,17 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from harness.config import Arch
+from harness.config import ACCEL_ARGS, INIT_PATHS, Arch
 from harness.errors import UserError
 
-LEAN_INIT = "/usr/sbin/bpflab-init"
-SYSTEMD_INIT = "/lib/systemd/systemd"
-INITS = {"lean": LEAN_INIT, "systemd": SYSTEMD_INIT}
-ACCELS = {
-    # thread=multi: one host thread per vCPU; TCG is otherwise single-threaded
-    "tcg": "tcg,thread=multi",
-    "kvm": "kvm",
-}
+LEAN_INIT = INIT_PATHS["lean"]
 
 
 # Firmware per machine type when QEMU's default is slow to get out of the way:
@@ -57,15 +50,15 @@ def kernel_cmdline(arch: Arch, init: str | None = LEAN_INIT,
 
 
 def init_path(name: str) -> str:
-    if name not in INITS:
-        raise UserError(f"init {name!r}: expected one of {', '.join(INITS)}")
-    return INITS[name]
+    if name not in INIT_PATHS:
+        raise UserError(f"init {name!r}: expected one of {', '.join(INIT_PATHS)}")
+    return INIT_PATHS[name]
 
 
 def accel_arg(accel: str) -> str:
-    if accel not in ACCELS:
-        raise UserError(f"accel {accel!r}: expected one of {', '.join(ACCELS)}")
-    return ACCELS[accel]
+    if accel not in ACCEL_ARGS:
+        raise UserError(f"accel {accel!r}: expected one of {', '.join(ACCEL_ARGS)}")
+    return ACCEL_ARGS[accel]
 
 
 def qemu_argv(arch: Arch, kernel: Path, rootfs: Path | None, *, ssh_port: int,

@@ -1,18 +1,21 @@
 """The run's report, rebuilt from the store alone: a terminal table (commits x
 arch/variant), a JSON summary, and a static HTML page with the matrix, per-test
-first-bad/first-good commits and every kernel report signature."""
+first-bad/first-good commits and every kernel report signature. Everything on the
+page comes from kernels, guests and git and is escaped: a tag, test name or report
+text runs nothing."""
 
 from __future__ import annotations
 
-import html
 import os
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 
-from harness.junit import Case, from_junit
-from harness.results import Status, write_atomic, write_json
 from harness.errors import UserError
-from harness.store import Store, TargetOutcome
+from harness.junit import Case, JUnitError, from_junit
+from harness.model import Stage, Status, TargetOutcome
+from harness.results import write_atomic, write_json
+from harness.store import Store
 
 BAD = (Status.FAIL, Status.ERROR)
 
@@ -28,24 +31,30 @@ class Cell:
         return f"{self.outcome.arch}/{self.outcome.variant}"
 
     def short(self) -> str:
+        """A glance: 'build fail', 'boot panic', '31/32 pass, 1 bad [2 reports]'."""
         o = self.outcome
-        if o.stages.get("build") != Status.PASS.value:
-            return "build " + o.stages.get("build", "?").upper()
-        if o.stages.get("boot") != Status.PASS.value:
-            return "boot " + (o.exit_reason or o.stages.get("boot", "?")).upper()
+        build, boot = o.stages.get(Stage.BUILD), o.stages.get(Stage.BOOT)
+        if build is not Status.PASS:
+            return f"build {(build or Status.SKIP).value}"
+        if boot is not Status.PASS:
+            return f"boot {o.exit_reason or (boot or Status.SKIP).value}"
         c = o.counts
         text = f"{c.get('pass', 0)}/{c.get('total', 0)} pass"
         bad = c.get("fail", 0) + c.get("error", 0)
+        n = len(o.signatures)
         return text + (f", {bad} bad" if bad else "") + \
-            (f" [{len(o.signatures)} report{'s' * (len(o.signatures) > 1)}]"
-             if o.signatures else "")
+            (f" [{n} report{'s' * (n > 1)}]" if n else "")
 
 
 def load(store: Store) -> list[Cell]:
     cells = []
     for path, outcome in store.outcomes():
-        junit = path / "junit.xml"
-        cases = tuple(from_junit(junit, "") if junit.exists() else ())
+        try:
+            cases = tuple(from_junit(path / "junit.xml", "")) \
+                if (path / "junit.xml").exists() else ()
+        except JUnitError as exc:
+            print(f"report: {path.name}: {exc}", flush=True)
+            cases = ()
         cells.append(Cell(path, outcome, cases))
     return cells
 
@@ -79,32 +88,21 @@ def transitions(cells: list[Cell]) -> list[dict[str, str | None]]:
     return rows
 
 
-def report_tests(cell: Cell) -> dict[str, list[str]]:
-    """signature -> the tests whose markers held it, from the headers of kasan/*.txt."""
-    found: dict[str, list[str]] = {}
-    for path in sorted((cell.path / "kasan").glob("*.txt")):
-        head = path.read_text(errors="replace").splitlines()[:2]
-        if len(head) == 2 and head[0].startswith("# ") and head[1].startswith("# test: "):
-            tests = found.setdefault(head[0][2:], [])
-            test = head[1][len("# test: "):]
-            if test not in tests:
-                tests.append(test)
-    return found
-
-
 def signatures(cells: list[Cell]) -> list[dict[str, object]]:
+    """Every signature: where it was seen (commit, column, tests, expected or not),
+    first and last commit. From the outcomes' report references alone."""
     seen: dict[str, dict[str, object]] = {}
     for cell in cells:
-        tests = report_tests(cell)
         for sig in cell.outcome.signatures:
-            entry = seen.setdefault(sig, {"signature": sig, "where": [], "first_seen": None,
-                                          "last_seen": None})
+            refs = [r for r in cell.outcome.reports if r.signature == sig]
+            entry = seen.setdefault(sig, {"signature": sig, "syz_title": refs[0].syz_title,
+                                          "where": [], "first_seen": None, "last_seen": None})
+            tests = list(dict.fromkeys(r.test or "(no test)" for r in refs))
+            note = ", ".join(tests) + (" - expected by the variant"
+                                       if all(r.expected for r in refs) else "")
             where = entry["where"]
             assert isinstance(where, list)
-            expected = any(sig.startswith(e) for e in cell.outcome.expected_reports)
-            note = ", ".join(tests.get(sig, [])) + (" - expected by the variant"
-                                                    if expected else "")
-            where.append(f"{cell.outcome.name} {cell.column}" + (f" ({note})" if note else ""))
+            where.append(f"{cell.outcome.name} {cell.column} ({note})")
             entry["first_seen"] = entry["first_seen"] or cell.outcome.name
             entry["last_seen"] = cell.outcome.name
     return list(seen.values())
@@ -114,8 +112,10 @@ def summary(cells: list[Cell], trans: list[dict[str, str | None]],
             reports: list[dict[str, object]]) -> dict[str, object]:
     return {"targets": [{"commit": c.outcome.commit, "name": c.outcome.name,
                          "arch": c.outcome.arch, "variant": c.outcome.variant,
-                         "status": c.outcome.status.value, "stages": c.outcome.stages,
-                         "counts": c.outcome.counts, "signatures": list(c.outcome.signatures),
+                         "status": c.outcome.status.value,
+                         "stages": {k.value: v.value for k, v in c.outcome.stages.items()},
+                         "reason": c.outcome.reason, "counts": c.outcome.counts,
+                         "signatures": list(c.outcome.signatures),
                          "kernel_release": c.outcome.kernel_release,
                          "durations": c.outcome.durations, "dir": c.path.name}
                         for c in cells],
@@ -133,8 +133,13 @@ def table(cells: list[Cell], reports: list[dict[str, object]]) -> str:
     for name, by_col in rows.items():
         lines.append(f"{name:<{first}}  " + "  ".join(
             f"{by_col.get(c, '-'):<{width}}" for c in columns))
+    for cell in cells:
+        if cell.outcome.reason:
+            lines.append(f"  why {cell.outcome.name} {cell.column}: {cell.outcome.reason}")
     for sig in reports:
-        lines.append(f"  report: {sig['signature']}  ({', '.join(map(str, sig['where']))})")  # type: ignore[call-overload]
+        where = sig["where"]
+        assert isinstance(where, list)
+        lines.append(f"  report: {sig['signature']}  ({', '.join(map(str, where))})")
     return "\n".join(lines)
 
 
@@ -149,7 +154,7 @@ def rebuild(root: Path) -> tuple[str, Path]:
 def write_all(store: Store) -> tuple[str, Path]:
     """Rebuild summary.json and index.html from the store; return the table."""
     cells = load(store)
-    trans, reports = transitions(cells), signatures(cells)  # signatures() reads kasan/
+    trans, reports = transitions(cells), signatures(cells)
     write_json(store.root / "summary.json", summary(cells, trans, reports))
     page = store.root / "index.html"
     write_atomic(page, render_html(cells, store.root, trans, reports))
@@ -157,18 +162,26 @@ def write_all(store: Store) -> tuple[str, Path]:
 
 
 def _link(root: Path, path: Path, text: str) -> str:
-    return f'<a href="{html.escape(os.path.relpath(path, root))}">{html.escape(text)}</a>'
+    return f'<a href="{escape(os.path.relpath(path, root))}">{escape(text)}</a>'
 
 
 def _cell_html(cell: Cell, root: Path) -> str:
     o = cell.outcome
-    files = [p for p in (cell.path / n for n in ("junit.xml", "console.log", "build.log"))
-             if p.exists()]
-    files += sorted((cell.path / "kasan").glob("*.txt"))
+    files = [p for p in (cell.path / n for n in ("junit.xml", "console.log", "build.log",
+                                                 "suites.log")) if p.exists()]
+    files += sorted(cell.path.glob("console-*.log")) + sorted((cell.path / "kasan").glob("*.txt"))
     links = " ".join(_link(root, p, p.name) for p in files)
-    sigs = "".join(f'<div class="sig">{html.escape(s)}</div>' for s in o.signatures)
-    return (f'<td class="{o.status.value}"><b>{html.escape(cell.short())}</b>{sigs}'
+    sigs = "".join(f'<div class="sig">{escape(s)}</div>' for s in o.signatures)
+    why = f'<div class="why">{escape(o.reason)}</div>' if o.reason else ""
+    return (f'<td class="{escape(o.status.value)}"><b>{escape(cell.short())}</b>{why}{sigs}'
             f'<div class="links">{links}</div></td>')
+
+
+def _rows(rows: list[list[str]], empty: str, width: int) -> str:
+    if not rows:
+        return f'<tr><td colspan="{width}">{escape(empty)}</td></tr>'
+    return "".join("<tr>" + "".join(f"<td>{escape(v)}</td>" for v in row) + "</tr>"
+                   for row in rows)
 
 
 def render_html(cells: list[Cell], root: Path, trans_rows: list[dict[str, str | None]],
@@ -177,24 +190,24 @@ def render_html(cells: list[Cell], root: Path, trans_rows: list[dict[str, str | 
     by_name: dict[str, dict[str, Cell]] = {}
     for cell in cells:
         by_name.setdefault(cell.outcome.name, {})[cell.column] = cell
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
     body = "".join(
-        f"<tr><th>{html.escape(name)}</th>" + "".join(
+        f"<tr><th>{escape(name)}</th>" + "".join(
             _cell_html(row[c], root) if c in row else "<td>-</td>" for c in columns) + "</tr>"
         for name, row in by_name.items())
-    trans = "".join(f"<tr><td>{html.escape(str(t['test']))}</td><td>{t['column']}</td>"
-                    f"<td>{t['first_bad']}</td><td>{t['first_good'] or '-'}</td></tr>"
-                    for t in trans_rows)
-    sigs = "".join(f"<tr><td>{html.escape(str(s['signature']))}</td>"
-                   f"<td>{html.escape(', '.join(map(str, s['where'])))}</td>"  # type: ignore[call-overload]
-                   f"<td>{s['first_seen']}</td><td>{s['last_seen']}</td></tr>"
-                   for s in reports)
+    trans = _rows([[str(t["test"]), str(t["column"]), str(t["first_bad"]),
+                    str(t["first_good"] or "-")] for t in trans_rows],
+                  "none: every test was as expected on every target", 4)
+    sigs = _rows([[str(s["signature"]), str(s["syz_title"]),
+                   ", ".join(map(str, s["where"] if isinstance(s["where"], list) else [])),
+                   str(s["first_seen"]), str(s["last_seen"])] for s in reports],
+                 "none: no kernel printed a report", 5)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>bpflab matrix</title><style>
 body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #999;padding:.4em;vertical-align:top;text-align:left}}
 td.pass{{background:#d9f2d9}} td.fail,td.error{{background:#f8d0d0}} td.skip{{background:#eee}}
-.sig{{font-family:monospace;color:#900}} .links{{font-size:80%}}
+.sig{{font-family:monospace;color:#900}} .why{{font-size:85%}} .links{{font-size:80%}}
 </style></head><body>
 <h1>bpflab: commit &times; arch matrix</h1>
 <table id="matrix"><tr><th>commit</th>{head}</tr>{body}</table>
@@ -202,7 +215,7 @@ td.pass{{background:#d9f2d9}} td.fail,td.error{{background:#f8d0d0}} td.skip{{ba
 <table id="transitions"><tr><th>test</th><th>arch/variant</th><th>first bad</th>
 <th>first good</th></tr>{trans}</table>
 <h2>Kernel reports</h2>
-<table id="reports"><tr><th>signature</th><th>where</th><th>first seen</th>
-<th>last seen</th></tr>{sigs}</table>
+<table id="reports"><tr><th>signature</th><th>syzkaller title</th><th>where</th>
+<th>first seen</th><th>last seen</th></tr>{sigs}</table>
 </body></html>
 """

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-
-class Status(str, enum.Enum):
-    PASS = "pass"
-    FAIL = "fail"
-    SKIP = "skip"
-    ERROR = "error"
+from harness.model import Status  # noqa: F401  (re-exported: the older name)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -27,7 +27,10 @@ NETWORK_ERRORS = (paramiko.SSHException, EOFError, OSError, socket.timeout)
 
 
 class SSHError(LabError):
-    """The guest could not be reached or dropped the connection."""
+    """The guest could not be reached or dropped the connection. `partial` holds what
+    a command had printed before that, so no result already reported is lost."""
+
+    partial: "CommandResult | None" = None
 
 
 class GuestDropped(SSHError):
@@ -42,6 +45,11 @@ class CommandTimeout(SSHError):
     """A command ran longer than its timeout; the guest may still be alive."""
 
 
+class GuestDied(SSHError):
+    """The watch said the guest is gone or wedged (a panic on the console, QEMU
+    exited, a test past its time) while a command ran."""
+
+
 @dataclass(frozen=True)
 class CommandResult:
     command: str
@@ -49,10 +57,17 @@ class CommandResult:
     stdout: str
     stderr: str
     seconds: float
+    truncated: int = 0  # bytes of output dropped past the limit
+
 
     @property
     def ok(self) -> bool:
         return self.exit_status == 0
+
+
+OUTPUT_LIMIT = 16 << 20  # bytes kept per stream of one command (limits.output_bytes)
+# Called on every poll while a command runs; a reason (str) ends the command.
+Watch = Callable[[], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -139,28 +154,33 @@ class GuestSSH:
         return transport
 
     def run(self, command: str | Sequence[str], timeout: float = 60.0,
-            check: bool = False) -> CommandResult:
+            check: bool = False, watch: Watch | None = None,
+            limit: int = OUTPUT_LIMIT) -> CommandResult:
         """Run a command, draining stdout and stderr as they come (a full pipe must
-        never stall the guest), then read the exit status."""
+        never stall the guest), then read the exit status. Output past `limit` bytes
+        per stream is counted, not kept; `watch` may end the command early."""
         text = command_text(command)
         started = time.monotonic()
+        sink = _Sink(limit)
         try:
             chan = self._transport().open_session(timeout=timeout)
             chan.exec_command(text)
             chan.shutdown_write()  # stdin at EOF: nothing waits for input
-            out, err = _drain(chan, started + timeout, text)
+            _drain(chan, started + timeout, text, sink, watch)
             status = chan.recv_exit_status()
             if status == -1 and not self._alive():
                 # paramiko reports -1 when the transport died: no real exit status
                 raise GuestDropped(f"ssh {self._where()}: connection lost during {text!r}")
             chan.close()
-        except (CommandTimeout, GuestDropped):
+        except SSHError as exc:
+            exc.partial = sink.result(text, -1, started)
             raise
         except NETWORK_ERRORS as exc:
-            raise GuestDropped(f"ssh {self._where()}: connection lost during "
-                               f"{text!r}: {exc or type(exc).__name__}") from exc
-        result = CommandResult(text, status, out.decode(errors="replace"),
-                               err.decode(errors="replace"), time.monotonic() - started)
+            err = GuestDropped(f"ssh {self._where()}: connection lost during "
+                               f"{text!r}: {exc or type(exc).__name__}")
+            err.partial = sink.result(text, -1, started)
+            raise err from exc
+        result = sink.result(text, status, started)
         if check and not result.ok:
             raise SSHError(f"{text!r} exited {status}: {result.stderr.strip()[-500:]}")
         return result
@@ -189,23 +209,46 @@ class GuestSSH:
             self.client = None
 
 
-def _drain(chan: paramiko.Channel, deadline: float, text: str) -> tuple[bytes, bytes]:
-    out, err = bytearray(), bytearray()
+class _Sink:
+    """A command's output, kept up to a limit per stream."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.out, self.err = bytearray(), bytearray()
+        self.dropped = 0
+
+    def add(self, buf: bytearray, data: bytes) -> None:
+        room = max(0, self.limit - len(buf))
+        buf += data[:room]
+        self.dropped += len(data) - min(room, len(data))
+
+    def result(self, text: str, status: int, started: float) -> CommandResult:
+        return CommandResult(text, status, self.out.decode(errors="replace"),
+                             self.err.decode(errors="replace"), time.monotonic() - started,
+                             self.dropped)
+
+
+def _drain(chan: paramiko.Channel, deadline: float, text: str, sink: _Sink,
+           watch: Watch | None) -> None:
     while True:
         busy = False
         while chan.recv_ready():
-            out += chan.recv(65536)
+            sink.add(sink.out, chan.recv(65536))
             busy = True
         while chan.recv_stderr_ready():
-            err += chan.recv_stderr(65536)
+            sink.add(sink.err, chan.recv_stderr(65536))
             busy = True
         if chan.exit_status_ready() and (chan.eof_received or chan.closed) \
                 and not chan.recv_ready() and not chan.recv_stderr_ready():
-            return bytes(out), bytes(err)
+            return
         transport = chan.get_transport()
         if chan.closed or transport is None or not transport.is_active():
             raise GuestDropped(f"connection lost during {text!r} "
-                               f"(after {len(out)} bytes of output)")
+                               f"(after {len(sink.out)} bytes of output)")
+        why = watch() if watch else None
+        if why:
+            chan.close()
+            raise GuestDied(why)
         if time.monotonic() > deadline:
             chan.close()
             raise CommandTimeout(f"{text!r} still running at its timeout")

@@ -1,57 +1,43 @@
 """The result store: one directory per run, one per target inside it. A target is
 finished when its metadata.json is there (written last, atomically) with the
-fingerprint of what produced it; a rerun skips finished targets."""
+fingerprint of what produced it; a rerun skips finished targets. A metadata.json
+that cannot be read, or is of another schema, means the target is redone. One run
+at a time holds a run directory (flock)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Iterator
 
-from harness.build import Target
-from harness.junit import Case
+from harness.errors import LabError
 from harness.kreport import Report
-from harness.results import Status, write_atomic, write_json
+from harness.model import ReportRef, Target, TargetOutcome
+from harness.results import write_atomic, write_json
 
 
-@dataclass(frozen=True)
-class TargetOutcome:
-    """What one target did, stage by stage; plain data, saved as metadata.json."""
-
-    commit: str
-    name: str
-    subject: str
-    arch: str
-    variant: str
-    order: int  # position of the commit in history order
-    fingerprint: str
-    stages: dict[str, str]  # build/boot/tests -> Status value
-    kernel_release: str = ""
-    accel: str = ""
-    exit_reason: str = ""
-    errors: tuple[str, ...] = ()
-    durations: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    signatures: tuple[str, ...] = ()
-    expected_reports: tuple[str, ...] = ()
-    reports_not_kept: int = 0  # repeats of one (signature, test) beyond kreport.bounded
-
-    @property
-    def status(self) -> Status:
-        """Worst stage wins: error beats fail beats pass beats skip."""
-        values = [Status(v) for v in self.stages.values()]
-        for s in (Status.ERROR, Status.FAIL, Status.PASS):
-            if s in values:
-                return s
-        return Status.SKIP
+class RunDirBusy(LabError):
+    """Another run holds the run directory."""
 
 
 def target_dirname(target: Target) -> str:
     """By tag when the commit has one (stable across re-imports), else short sha."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", target.commit.name)
     return f"{name}__{target.arch.name}__{target.variant.name}"
+
+
+def load_outcome(path: Path) -> TargetOutcome:
+    """The outcome in a metadata.json; ValueError when unreadable or not this schema's."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"unreadable: {exc}") from exc
+    return TargetOutcome.from_json(data)
 
 
 @dataclass(frozen=True)
@@ -65,38 +51,63 @@ class Store:
         meta = self.target_dir(target) / "metadata.json"
         if not meta.exists():
             return None
-        outcome = load_outcome(meta)
+        try:
+            outcome = load_outcome(meta)
+        except ValueError as exc:
+            print(f"store: {meta}: {exc}: the target is redone", flush=True)
+            return None
         return outcome if outcome.fingerprint == fingerprint else None
 
-    def save_reports(self, target: Target, reports: list[Report]) -> None:
-        kasan = self.target_dir(target) / "kasan"
-        for i, report in enumerate(reports):
-            head = f"# {report.signature}\n# test: {report.test or '(none)'}\n" \
-                   f"# console line {report.line + 1}\n"
-            write_atomic(kasan / f"{i + 1:02d}-{report.kind.lower()}.txt",
-                         head + report.text + "\n")
+    def save_reports(self, target: Target, reports: list[tuple[int, Report]],
+                     expected: list[bool]) -> tuple[ReportRef, ...]:
+        """Each report's text in kasan/NN-kind.txt; the references go in metadata."""
+        refs = []
+        for i, ((boot, report), wanted) in enumerate(zip(reports, expected)):
+            name = f"kasan/{i + 1:02d}-{report.kind.lower()}.txt"
+            write_atomic(self.target_dir(target) / name, report.text + "\n")
+            refs.append(ReportRef(report.signature, report.kind, name,
+                                  getattr(report, "syz_title", "") or report.signature,
+                                  report.test, boot,
+                                  report.line, wanted, getattr(report, "corrupted", "")))
+        return tuple(refs)
 
     def save(self, target: Target, outcome: TargetOutcome) -> None:
         """Last write of a target: from here on it counts as finished."""
-        write_json(self.target_dir(target) / "metadata.json", asdict(outcome))
+        write_json(self.target_dir(target) / "metadata.json", outcome.to_json())
 
     def outcomes(self) -> list[tuple[Path, TargetOutcome]]:
+        """Every readable outcome, in history order; unreadable ones are named and left."""
         found = []
         for meta in sorted((self.root / "targets").glob("*/metadata.json")):
-            found.append((meta.parent, load_outcome(meta)))
+            try:
+                found.append((meta.parent, load_outcome(meta)))
+            except ValueError as exc:
+                print(f"store: {meta}: {exc}: left out (a matrix run redoes it)", flush=True)
         return sorted(found, key=lambda p: (p[1].order, p[1].arch, p[1].variant))
 
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run directory for this process; a second run stops with one line."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / ".lock"
+        with open(path, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "?"
+                raise RunDirBusy(f"{self.root} is in use by another run (pid {holder}): "
+                                 "wait for it to end, or give another --run-dir") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+            yield
 
-def load_outcome(path: Path) -> TargetOutcome:
-    data: dict[str, Any] = json.loads(path.read_text())
-    for key in ("errors", "signatures", "expected_reports"):
-        data[key] = tuple(data.get(key, ()))
-    return TargetOutcome(**data)
 
-
-def counts(cases: list[Case]) -> dict[str, int]:
-    tally = {s.value: 0 for s in Status}
-    for case in cases:
-        tally[case.status.value] += 1
-    tally["total"] = len(cases)
+def counts(statuses: list[str]) -> dict[str, int]:
+    tally = {s: 0 for s in ("pass", "fail", "skip", "error")}
+    for s in statuses:
+        tally[s] += 1
+    tally["total"] = len(statuses)
     return tally

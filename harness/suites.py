@@ -1,29 +1,32 @@
 """The BPF test suites on a guest: copy them in, run them, bring their results back
-as cases. The Python suite writes JUnit; the C suite (when built) prints TAP."""
+as cases. The Python suite writes JUnit (and a line per finished test on stdout, so
+results survive a guest that dies before the end); the C suite prints TAP."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import re
+import json
 import shlex
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Protocol
 
 from harness.config import PROJECT
-from harness.junit import Case, from_junit, from_tap
-from harness.ops import Ops
-from harness.results import Status
-from harness.ssh import GuestSSH, SSHError
+from harness.junit import JUNIT_LIMIT, Case, JUnitError, case_of, from_junit, from_tap
+from harness.model import Status
+from harness.ssh import OUTPUT_LIMIT, CommandResult, SSHError, Watch
 
 SUITES = PROJECT / "bpf_tests"
 REMOTE = "/root/bpf_tests"
-SUITE_TIMEOUT = 900.0
 C_CLASS = "map_in_map"  # JUnit classname c.map_in_map; kmsg markers map_in_map::<test>
 # In a skip reason of either suite: an earlier KASAN report of this boot left the test
 # blind (KASAN reports once per boot). The lab reruns such tests on a fresh boot.
 BLINDED = "taint bit 5 was already set"
+CASE_LINE = "bpflab-case "  # the Python suite's per-test line on stdout (conftest.py)
+PYTEST_EXITS = {2: "interrupted", 3: "internal error", 4: "usage error",
+                5: "no tests collected"}
 
 
 def suites_fingerprint(root: Path = SUITES) -> str:
@@ -50,35 +53,51 @@ def suites_tarball(root: Path = SUITES, extra: dict[str, Path] | None = None) ->
     return buf.getvalue()
 
 
+class Shell(Protocol):
+    """What the suites need of a guest: commands and files (harness.ssh.GuestSSH)."""
+
+    def run(self, command: str, timeout: float = 60.0, check: bool = False,
+            watch: Watch | None = None, limit: int = OUTPUT_LIMIT) -> CommandResult: ...
+
+    def put(self, local: Path, remote: str) -> None: ...
+
+    def get(self, remote: str, local: Path) -> None: ...
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Bounds of one suite command: its time, a watch that ends it when the guest is
+    gone or wedged, and how much of its output and JUnit is read."""
+
+    timeout: float = 1800.0
+    watch: Watch | None = None
+    output_limit: int = OUTPUT_LIMIT
+    junit_limit: int = JUNIT_LIMIT
+
+
 @dataclass(frozen=True)
 class SuiteRun:
     cases: tuple[Case, ...]
-    log: str  # what the suites printed
-    error: str = ""  # why the suites could not run or report, if so
+    log: str  # what the suite printed
+    error: str = ""  # why the suite as a whole cannot be trusted, if so
 
 
-def run_suites(ssh: GuestSSH, out_dir: Path, env: dict[str, str],
-               c_binary: Path | None = None, has_commits: list[str] | None = None) -> SuiteRun:
-    """Copy the suites in, run the Python suite (and the C one when given). With
-    has_commits, the suites judge by that list of present upstream commits."""
-    exports = install(ssh, out_dir, env, c_binary, has_commits)
-    python = run_python(ssh, out_dir, exports)
-    if python.error or not c_binary:
-        return python
-    return combine(python, run_c(ssh, exports))
+@dataclass(frozen=True)
+class Install:
+    env: dict[str, str]
+    c_binary: Path | None = None
+    commits_file: Path | None = None  # what the kernel carries (harness.commits.render)
 
 
-def install(ssh: GuestSSH, out_dir: Path, env: dict[str, str], c_binary: Path | None = None,
-            has_commits: list[str] | None = None) -> str:
-    """Copy the suites (and the C binary) to the guest; returns the env exports."""
+def install(ssh: Shell, out_dir: Path, setup: Install) -> str:
+    """Copy the suites (and the C binary, and the commits file) to the guest; returns
+    the environment exports for the suite commands."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    extra = {"c/bpf_map_in_map": c_binary} if c_binary else {}
-    env = dict(env)
-    if has_commits is not None:
-        listing = out_dir / "has_commits.txt"
-        listing.write_text("".join(f"{c}\n" for c in has_commits))
-        extra["has_commits.txt"] = listing
-        env["BPFLAB_HAS_COMMITS"] = f"{REMOTE}/has_commits.txt"
+    extra = {"c/bpf_map_in_map": setup.c_binary} if setup.c_binary else {}
+    env = dict(setup.env)
+    if setup.commits_file is not None:
+        extra["commits.txt"] = setup.commits_file
+        env["BPFLAB_COMMITS"] = f"{REMOTE}/commits.txt"
     tarball = out_dir / "bpf_tests.tar.gz"
     tarball.write_bytes(suites_tarball(extra=extra))
     ssh.run(f"rm -rf {REMOTE} && mkdir -p {REMOTE}", check=True)
@@ -87,51 +106,84 @@ def install(ssh: GuestSSH, out_dir: Path, env: dict[str, str], c_binary: Path | 
     return " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
 
 
-def run_python(ssh: GuestSSH, out_dir: Path, exports: str, only: tuple[str, ...] = (),
-               junit_name: str = "python.xml") -> SuiteRun:
-    """The Python suite, or only these pytest node ids (python/test_x.py::test_y)."""
-    targets = " ".join(shlex.quote(n) for n in only) or "python"
+def run_python(ssh: Shell, out_dir: Path, exports: str, only: tuple[str, ...] = (),
+               junit_name: str = "python.xml", guard: Guard = Guard()) -> SuiteRun:
+    """The Python suite, or only these pytest node ids (test_x.py::test_y)."""
+    targets = " ".join(shlex.quote(f"python/{n}") for n in only) or "python"
     py = ssh.run(f"cd {REMOTE} && {exports} python3 -m pytest {targets} -p no:cacheprovider "
-                 f"-q -rs --junitxml={REMOTE}/{junit_name}", timeout=SUITE_TIMEOUT)
+                 f"-q -rs --junitxml={REMOTE}/{junit_name}", timeout=guard.timeout,
+                 watch=guard.watch, limit=guard.output_limit)
     log = f"$ python suite {' '.join(only)} (exit {py.exit_status})\n{py.stdout}{py.stderr}"
+    streamed = python_cases(py.stdout)
+    if py.exit_status not in (0, 1):
+        tail = " | ".join((py.stdout + py.stderr).strip().splitlines()[-3:])
+        what = PYTEST_EXITS.get(py.exit_status, "unexpected")
+        return SuiteRun(streamed, log, f"pytest exited {py.exit_status} ({what}): {tail}")
     try:
         ssh.get(f"{REMOTE}/{junit_name}", out_dir / junit_name)
-    except SSHError as exc:
-        return SuiteRun((), log, f"python suite left no JUnit: {exc}")
-    return SuiteRun(tuple(from_junit(out_dir / junit_name, "python")), log)
+        cases = tuple(from_junit(out_dir / junit_name, "python", guard.junit_limit))
+    except (SSHError, JUnitError) as exc:
+        return SuiteRun(streamed, log, f"python suite JUnit not usable: {exc}")
+    if not cases:
+        return SuiteRun((), log, "the python suite reported no test")
+    return SuiteRun(cases, log, _truncated(py))
 
 
-def run_c(ssh: GuestSSH, exports: str, only: tuple[str, ...] = ()) -> SuiteRun:
-    """The C suite, or only these of its tests (by name)."""
-    names = "".join(f" {shlex.quote(n)}" for n in only)
-    c = ssh.run(f"cd {REMOTE} && {exports} ./c/bpf_map_in_map{names}", timeout=SUITE_TIMEOUT)
-    cases = from_tap(c.stdout.splitlines(), "c", C_CLASS)
-    if c.exit_status not in (0, 1):
-        cases.append(Case("c", C_CLASS, "suite-exit", Status.ERROR,
-                          message=f"C suite exited {c.exit_status}"))
-    return SuiteRun(tuple(cases),
-                    f"$ C suite{names} (exit {c.exit_status})\n{c.stdout}{c.stderr}")
+def run_c(ssh: Shell, exports: str, only: tuple[str, ...] = (),
+          guard: Guard = Guard()) -> SuiteRun:
+    """The C suite, or only these of its tests (by id, map_in_map::name)."""
+    names = "".join(f" {shlex.quote(n.split('::')[-1])}" for n in only)
+    c = ssh.run(f"cd {REMOTE} && {exports} ./c/bpf_map_in_map{names}", timeout=guard.timeout,
+                watch=guard.watch, limit=guard.output_limit)
+    tap = from_tap(c.stdout.splitlines(), "c", C_CLASS)
+    log = f"$ C suite{names} (exit {c.exit_status})\n{c.stdout}{c.stderr}"
+    problem = tap.problem()
+    if not problem and c.exit_status not in (0, 1):
+        problem = f"the C suite exited {c.exit_status}"
+    return SuiteRun(tap.cases, log, problem or _truncated(c))
 
 
-def combine(*runs: SuiteRun) -> SuiteRun:
-    return SuiteRun(tuple(c for r in runs for c in r.cases), "\n".join(r.log for r in runs),
-                    "; ".join(r.error for r in runs if r.error))
+def _truncated(result: CommandResult) -> str:
+    if not result.truncated:
+        return ""
+    return f"output cut: {result.truncated} bytes past limits.output_bytes were dropped"
+
+
+_OUTCOMES = {"passed": Status.PASS, "failed": Status.FAIL, "skipped": Status.SKIP,
+             "error": Status.ERROR}
+
+
+def python_cases(stdout: str) -> tuple[Case, ...]:
+    """The per-test lines the Python suite prints as each test ends; a line that
+    does not parse is ignored (the JUnit file, or the missing result, says more)."""
+    cases = []
+    for line in stdout.splitlines():
+        at = line.find(CASE_LINE)  # pytest's progress dots may come first on the line
+        if at < 0:
+            continue
+        try:
+            data = json.loads(line[at + len(CASE_LINE):])
+            status = _OUTCOMES[str(data["outcome"])]
+            case = case_of(str(data["test"]), "python", status, str(data.get("message", "")))
+            cases.append(Case(case.suite, case.classname, case.name, status,
+                              float(data.get("seconds", 0.0)), case.message))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return tuple(cases)
+
+
+def partial_cases(suite: str, result: CommandResult | None) -> tuple[Case, ...]:
+    """What a suite had reported before its command was cut short."""
+    if result is None:
+        return ()
+    if suite == "python":
+        return python_cases(result.stdout)
+    return from_tap(result.stdout.splitlines(), "c", C_CLASS).cases
 
 
 def blinded(cases: tuple[Case, ...]) -> tuple[str, ...]:
-    """The tests a KASAN report earlier in the boot left blind, as the suite selects
-    them: pytest node ids for Python (classname test_x.Cls -> python/test_x.py::Cls),
-    names for C."""
-    out = []
-    for c in cases:
-        if c.status is not Status.SKIP or BLINDED not in c.message:
-            continue
-        if c.suite == "python":
-            module, *classes = c.classname.split(".")
-            out.append("::".join([f"python/{module}.py", *classes, c.name]))
-        else:
-            out.append(c.name)
-    return tuple(out)
+    """The tests a KASAN report earlier in the boot left blind, by test id."""
+    return tuple(c.test_id for c in cases if c.status is Status.SKIP and BLINDED in c.message)
 
 
 @dataclass(frozen=True)
@@ -140,85 +192,115 @@ class Pending:
     only: tuple[str, ...] = ()  # () is the whole suite
 
 
-class Rounds:
-    """The suites over as many boots as KASAN needs. It reports once per boot, so once
-    a test has tainted the kernel, the tests it left blind and whatever was still to
-    run go to a fresh boot. A fresh boot KASAN tainted while booting runs nothing
-    (the caller bounds the boots). A rerun that leaves the same tests blind is not
-    repeated: they stay skipped with the reason."""
+@dataclass
+class BootEnd:
+    """How one boot's share of the suites ended: with work left, and why."""
 
-    def __init__(self, with_c: bool) -> None:
-        self.queue = [Pending("python")] + ([Pending("c")] if with_c else [])
-        self.cases: dict[tuple[str, str], Case] = {}
-        self.logs: list[str] = []
-        self.errors: list[str] = []
-        self.boots = 0
+    fault: str = ""  # the guest died or wedged: why
+    progress: bool = True  # some test got a result on this boot
+
+
+@dataclass
+class Rounds:
+    """The suites over as many boots as they need. KASAN reports once per boot, so once
+    a test has tainted the kernel, the tests it left blind and whatever was still to run
+    go to a fresh boot; a guest that dies or wedges during a test gets that test an
+    error, and the rest a fresh boot. Every test of the catalogue ends with a result:
+    one that never got one is an error saying why."""
+
+    catalog: dict[str, tuple[str, ...]]  # suite -> the test ids it must report
+    queue: list[Pending] = field(default_factory=list)
+    cases: dict[str, Case] = field(default_factory=dict)
+    logs: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # suite-level errors
+    faults: list[str] = field(default_factory=list)
+    boots: int = 0
+
+    def __post_init__(self) -> None:
+        self.queue = self.queue or [Pending(s) for s in self.catalog]
 
     def done(self) -> bool:
         return not self.queue
 
-    def run(self, ssh: GuestSSH, out_dir: Path, env: dict[str, str],
-            c_binary: Path | None = None, has_commits: list[str] | None = None) -> None:
-        """One boot's share: install, then run queued work until done or tainted."""
+    def left(self) -> int:
+        return sum(len(p.only) or len(self.catalog[p.suite]) for p in self.queue)
+
+    def run(self, ssh: Shell, out_dir: Path, setup: Install, guard: Guard,
+            running: Callable[[], str | None]) -> BootEnd:
+        """One boot's share: install, then run queued work until done, tainted, or the
+        guest is gone (`running` names the test the console says was running)."""
         self.boots += 1
-        exports = install(ssh, out_dir, env, c_binary, has_commits)
-        if self.boots > 1 and kasan_tainted(ssh):
-            # KASAN reported while the kernel booted: useless for the reruns
-            self.logs.append(f"$ boot {self.boots}: KASAN had reported before any test")
-            return
-        while self.queue:
-            item = self.queue.pop(0)
-            if item.suite == "python":
-                name = "python.xml" if self.boots == 1 else f"python-{self.boots}.xml"
-                run = run_python(ssh, out_dir, exports, item.only, name)
-            else:
-                run = run_c(ssh, exports, item.only)
-            self.logs.append(run.log)
-            if run.error:
-                self.errors.append(run.error)
-            for case in run.cases:
-                self.cases[(case.suite, case.nodeid)] = case
-            blind = blinded(run.cases)
-            if blind and blind != item.only:
-                self.queue.insert(0, Pending(item.suite, blind))
-            if self.queue and kasan_tainted(ssh):
-                return
+        before = len(self.cases)
+        try:
+            exports = install(ssh, out_dir, setup)
+            if self.boots > 1 and kasan_tainted(ssh):
+                self.logs.append(f"$ boot {self.boots}: KASAN had reported before any test")
+                return BootEnd(progress=False)
+            while self.queue:
+                item = self.queue.pop(0)
+                try:
+                    self._one(ssh, out_dir, exports, item, guard)
+                except SSHError as exc:
+                    return self._fault(item, exc, running())
+                if self.queue and kasan_tainted(ssh):
+                    return BootEnd()
+        except SSHError as exc:
+            self.faults.append(f"boot {self.boots}: {exc}")
+            return BootEnd(str(exc), len(self.cases) > before)
+        return BootEnd()
 
-    def result(self) -> SuiteRun:
-        return SuiteRun(tuple(self.cases.values()), "\n".join(self.logs),
-                        "; ".join(self.errors))
+    def _one(self, ssh: Shell, out_dir: Path, exports: str, item: Pending,
+             guard: Guard) -> None:
+        if item.suite == "python":
+            name = "python.xml" if self.boots == 1 else f"python-{self.boots}.xml"
+            run = run_python(ssh, out_dir, exports, item.only, name, guard)
+        else:
+            run = run_c(ssh, exports, item.only, guard)
+        self.logs.append(run.log)
+        if run.error:
+            self.problems.append(f"{item.suite}: {run.error}")
+        self._take(run.cases)
+        blind = blinded(run.cases)
+        if blind and blind != item.only:
+            self.queue.insert(0, Pending(item.suite, blind))
+
+    def _take(self, cases: tuple[Case, ...]) -> None:
+        for case in cases:
+            self.cases[case.test_id] = case
+
+    def _fault(self, item: Pending, exc: SSHError, running: str | None) -> BootEnd:
+        """The guest died or wedged during `item`: keep what it reported, blame the
+        running test, queue the rest for a fresh boot."""
+        why = str(exc)
+        self.faults.append(f"boot {self.boots}: {why}")
+        self.logs.append(f"$ {item.suite} suite cut short: {why}\n"
+                         + (exc.partial.stdout if exc.partial else ""))
+        before = len(self.cases)
+        self._take(partial_cases(item.suite, exc.partial))
+        wanted = item.only or self.catalog[item.suite]
+        if running in wanted and running not in self.cases:
+            self.cases[running] = case_of(running, item.suite, Status.ERROR,
+                                          f"the guest died during this test: {why}")
+        rest = tuple(t for t in wanted if t not in self.cases)
+        if rest:
+            self.queue.insert(0, Pending(item.suite, rest))
+        return BootEnd(why, len(self.cases) > before)
+
+    def result(self, why_missing: str) -> SuiteRun:
+        """Every catalogued test's case; one without a result is an error naming why
+        (`why_missing`: the boot budget ran out, a fresh boot did not come up, ...)."""
+        missing = [(suite, t) for suite, ids in self.catalog.items() for t in ids
+                   if t not in self.cases]
+        reason = why_missing or (self.problems[-1] if self.problems else
+                                 "the suite did not report it")
+        out = list(self.cases.values())
+        out += [case_of(t, suite, Status.ERROR, f"no result: {reason}") for suite, t in missing]
+        out += [Case("lab", "lab", f"{p.split(':', 1)[0]}-suite", Status.ERROR, message=p)
+                for p in self.problems]
+        return SuiteRun(tuple(out), "\n".join(self.logs), "; ".join(self.problems))
 
 
-def kasan_tainted(ssh: GuestSSH) -> bool:
+def kasan_tainted(ssh: Shell) -> bool:
     """Taint bit 5: KASAN has reported in this boot (it reports once per boot)."""
     out = ssh.run("cat /proc/sys/kernel/tainted", timeout=30, check=True).stdout
     return bool(int(out.strip() or 0) & (1 << 5))
-
-
-DECLARED_RE = re.compile(r'introduced\("([0-9a-f]{7,40})"')
-
-
-def declared_commits(root: Path = SUITES) -> list[str]:
-    """Upstream commit ids the suites' tests declare (@introduced("...") in Python)."""
-    ids: set[str] = set()
-    for path in root.rglob("*.py"):
-        ids.update(DECLARED_RE.findall(path.read_text(errors="replace")))
-    return sorted(ids)
-
-
-def present_commits(ops: Ops, repo: Path, sha: str, ids: list[str]) -> list[str] | None:
-    """For a git tree that knows the upstream ids: those that are ancestors of sha.
-    None when the tree lacks them (Debian's imported releases): the suites then
-    decide from the kernel release and the stable backport table."""
-    present, known = [], 0
-    for cid in ids:
-        full = ops.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet",
-                        f"{cid}^{{commit}}"], check=False, quiet=True).stdout.strip()
-        if not full:
-            continue
-        known += 1
-        anc = ops.run(["git", "-C", str(repo), "merge-base", "--is-ancestor", full, sha],
-                      check=False, quiet=True)
-        if anc.returncode == 0:
-            present.append(cid)
-    return present if known else None

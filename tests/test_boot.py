@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.boot import BootOptions, _wait
-from harness.console import State, split_stamp
+from harness.boot import _wait
+from harness.config import GuestSettings
+from harness.console import ConsoleReport, State, parse, split_stamp
 from harness.ssh import HostKeyMismatch, SSHError
 
 LOGS = Path(__file__).parent / "data" / "console"
@@ -45,9 +46,9 @@ class ScriptedGuest:
     def visible(self) -> list[str]:
         return [line for line in self.log if at(line) <= self.now]
 
-    def lines(self) -> list[str]:
+    def report(self) -> ConsoleReport:
         self.now += self.step
-        return self.visible()
+        return parse(self.visible())
 
     def console_closed(self) -> bool:
         return self.exits_at_end and len(self.visible()) == len(self.log)
@@ -71,7 +72,7 @@ class FakeSSH:
 def test_ssh_is_not_tried_before_the_kernel_runs_init() -> None:
     guest = ScriptedGuest(stamped("x86_64_lean_init_clean_boot.log"))
     ssh = FakeSSH(answers_after=9.0, guest=guest)
-    verdict, ready_s = _wait(guest, ssh, BootOptions(), no_pause)  # type: ignore[arg-type]
+    verdict, ready_s = _wait(guest, ssh, GuestSettings(), no_pause)
     assert verdict.state is State.READY and ready_s is not None and ready_s >= 9.0
     init_at = next(at(line) for line in guest.log if "as init process" in line)
     assert len(ssh.timeouts) <= (guest.now - init_at) / guest.step + 1
@@ -80,14 +81,14 @@ def test_ssh_is_not_tried_before_the_kernel_runs_init() -> None:
 def test_tries_are_short_until_sshd_says_it_listens() -> None:
     guest = ScriptedGuest(stamped("x86_64_lean_init_clean_boot.log"), step=0.2)
     ssh = FakeSSH(answers_after=9.5, guest=guest)
-    _wait(guest, ssh, BootOptions(), no_pause)  # type: ignore[arg-type]
+    _wait(guest, ssh, GuestSettings(), no_pause)
     assert ssh.timeouts[0] == 1.0 and ssh.timeouts[-1] == 5.0
 
 
 def test_a_panicking_kernel_ends_the_wait_without_any_ssh_try() -> None:
     guest = ScriptedGuest(stamped("x86_64_no_init_panic.log"), exits_at_end=True)
     ssh = FakeSSH(answers_after=None, guest=guest)
-    verdict, ready_s = _wait(guest, ssh, BootOptions(), no_pause)  # type: ignore[arg-type]
+    verdict, ready_s = _wait(guest, ssh, GuestSettings(), no_pause)
     assert verdict.state is State.PANIC and ready_s is None
     assert guest.now < 12
 
@@ -95,7 +96,7 @@ def test_a_panicking_kernel_ends_the_wait_without_any_ssh_try() -> None:
 def test_a_silent_guest_is_a_hang_after_the_silence_timeout() -> None:
     guest = ScriptedGuest(stamped("x86_64_root_never_appears_hang.log"))
     ssh = FakeSSH(answers_after=None, guest=guest)
-    verdict, _ = _wait(guest, ssh, BootOptions(silence_timeout=10), no_pause)  # type: ignore[arg-type]
+    verdict, _ = _wait(guest, ssh, GuestSettings(silence_timeout=10), no_pause)
     assert verdict.state is State.HANG
     assert ssh.timeouts == []
 
@@ -104,4 +105,4 @@ def test_a_wrong_host_key_stops_the_wait_at_once() -> None:
     guest = ScriptedGuest(stamped("x86_64_lean_init_clean_boot.log"))
     ssh = FakeSSH(answers_after=0.0, guest=guest, wrong_key=True)
     with pytest.raises(HostKeyMismatch):
-        _wait(guest, ssh, BootOptions(), no_pause)  # type: ignore[arg-type]
+        _wait(guest, ssh, GuestSettings(), no_pause)

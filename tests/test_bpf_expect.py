@@ -1,118 +1,141 @@
-"""The in-guest suite's expectations: which commits a kernel has, from its identity."""
+"""The in-guest Python suite's expectations: read from the lab's commits file, never
+decided in the guest; and its use-after-free judge, which never passes blind."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bpf_tests" / "python"))
 
-from bpfkit.expect import (Commit, Declared, Expectation, Kernel, Version,  # noqa: E402
-                           in_release, kernel_under_test, parse_release, read_ancestors,
+from bpfkit.expect import (Declared, Expectation, Presence,  # noqa: E402
+                           commits_from_env, introduced, missing, parse_commits,
                            same_commit)
 from bpfkit.markers import kmsg_line  # noqa: E402
-
-ELEM_SIZE = Commit("cba41bb78d", "6.4", (("6.1", "6.1.34"),))
-OPTIMIZE_FREE = Commit("af66bfd3c8", "6.8")
+from bpfkit.taint import KASAN_EXPECTED, TAINT_BAD_PAGE  # noqa: E402
 
 
-@pytest.mark.parametrize("release, parsed", [
-    ("6.1.192", (6, 1, 192, None)),
-    ("6.12.117", (6, 12, 117, None)),
-    ("7.3.0-rc7+", (7, 3, 0, 7)),
-    ("6.1.0-fake", (6, 1, 0, None)),
-    ("6.18.44-fc-v669", (6, 18, 44, None)),
-    ("6.8", (6, 8, 0, None)),
-    ("6.9-rc1", (6, 9, 0, 1)),
-])
-def test_releases_parse_into_numbers_and_rc(release: str, parsed: tuple[object, ...]) -> None:
-    v = parse_release(release)
-    assert (v.major, v.minor, v.patch, v.rc) == parsed
-    assert v.release == release
+@pytest.fixture
+def suite_markers(pytestconfig: pytest.Config) -> None:
+    """The suite's own markers (its conftest registers them in the guest), for
+    --strict-markers here."""
+    pytestconfig.addinivalue_line("markers", "introduced(commit): declared commit")
+    pytestconfig.addinivalue_line("markers", "slow: long test")
 
 
-def test_debian_abi_release_takes_the_sublevel_from_uname_version() -> None:
-    v = parse_release("6.1.0-37-amd64", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-1 (2025-10-01)")
-    assert (v.major, v.minor, v.patch) == (6, 1, 192)
+@pytest.fixture
+def free_suite(suite_markers: None) -> Any:
+    import test_map_in_map_free
+    return test_map_in_map_free
+
+FILE = """\
+# Upstream commits the map-in-map suites declare, as harness/commits.py decided
+# release: 6.1.192
+# variant: uaf-inject, reverts 8766733641
+cba41bb78d present 6.1.y from 6.1.34, release 6.1.192
+
+8766733641 absent reverted by the variant uaf-inject
+  AF66BFD3C8   absent   mainline v6.8, release 6.1.192 (6.1.y has no backport)
+"""
 
 
-def test_a_foreign_series_in_uname_version_is_ignored() -> None:
-    assert parse_release("6.12.0-1-amd64", "Debian 6.1.192-1").patch == 0
+def test_the_file_gives_each_commit_its_state_and_why() -> None:
+    commits = parse_commits(FILE, "commits.txt")
+    assert commits.entries == (
+        Presence("cba41bb78d", True, "6.1.y from 6.1.34, release 6.1.192"),
+        Presence("8766733641", False, "reverted by the variant uaf-inject"),
+        Presence("af66bfd3c8", False, "mainline v6.8, release 6.1.192 (6.1.y has no backport)"))
+    assert commits.notes[1:] == ("release: 6.1.192", "variant: uaf-inject, reverts 8766733641")
 
 
-def test_garbage_releases_are_refused() -> None:
-    with pytest.raises(ValueError):
-        parse_release("linux")
-
-
-@pytest.mark.parametrize("release, has", [
-    ("6.1.33", False), ("6.1.34", True), ("6.1.192", True), ("6.1.0-fake", False),
-    ("6.3.13", False), ("6.4.0", True), ("6.12.117", True), ("7.3.0-rc7+", True),
-    ("5.15.100", False), ("6.4-rc1", True),
-])
-def test_stable_backports_count_from_their_release_only_in_their_series(
-        release: str, has: bool) -> None:
-    assert in_release(ELEM_SIZE, parse_release(release)) is has
-
-
-@pytest.mark.parametrize("release, has", [("6.1.192", False), ("6.7.12", False),
-                                          ("6.8.0", True), ("6.18.44-fc-v669", True)])
-def test_unbackported_commits_need_the_mainline_release(release: str, has: bool) -> None:
-    assert in_release(OPTIMIZE_FREE, parse_release(release)) is has
-
-
-def test_the_ancestor_list_overrides_release_numbers(tmp_path: Path) -> None:
-    listing = tmp_path / "has"
-    listing.write_text("# found by the harness\ncba41bb78d1234\n\n8766733641  # uaf fix\n")
-    kernel = Kernel(parse_release("6.1.0-fake"), read_ancestors(listing))
-    assert kernel.has(ELEM_SIZE)
-    assert not Kernel(parse_release("7.3.0"), read_ancestors(listing)).has(OPTIMIZE_FREE)
-
-
-def test_an_ancestor_list_with_a_non_commit_is_refused(tmp_path: Path) -> None:
-    listing = tmp_path / "has"
-    listing.write_text("v6.1.192\n")
-    with pytest.raises(ValueError, match="not a commit id"):
-        read_ancestors(listing)
-
-
-def test_commit_ids_match_by_prefix_of_at_least_seven_digits() -> None:
+def test_ids_are_found_by_prefix_of_at_least_seven_digits() -> None:
+    commits = parse_commits(FILE, "commits.txt")
+    assert commits.find("CBA41BB78D0123456789") == commits.entries[0]
+    assert commits.find("8766733") == commits.entries[1]
+    assert commits.find("876673") is None and commits.find("cba41bb78e") is None
     assert same_commit("cba41bb78d", "CBA41BB78D0123456789")
     assert not same_commit("cba41b", "cba41bb78d")
-    assert not same_commit("cba41bb78d", "cba41bb78e")
 
 
-def test_kernel_under_test_reads_the_env_file(tmp_path: Path) -> None:
-    listing = tmp_path / "has"
-    listing.write_text("af66bfd3c8\n")
-    kernel = kernel_under_test({"BPFLAB_HAS_COMMITS": str(listing)})
-    assert kernel.ancestors == frozenset({"af66bfd3c8"})
-    assert kernel_under_test({}).ancestors is None
+@pytest.mark.parametrize("line, complaint", [
+    ("8766733641 maybe no idea", "expected '<id> present|absent <why>'"),
+    ("v6.1.192 present tag", "expected '<id> present|absent <why>'"),
+    ("8766733641", "expected '<id> present|absent <why>'"),
+    ("87667336 present again", "87667336 is listed twice"),
+])
+def test_a_malformed_or_repeated_line_is_refused_with_its_place(line: str,
+                                                                complaint: str) -> None:
+    with pytest.raises(ValueError, match="commits.txt:8: ") as err:
+        parse_commits(FILE + line + "\n", "commits.txt")
+    assert complaint in str(err.value)
 
 
-def test_a_mismatch_names_the_commit_and_the_kernel() -> None:
-    exp = Expectation(ELEM_SIZE, Kernel(parse_release("6.1.192")))
+def test_a_line_without_a_why_still_reads() -> None:
+    assert parse_commits("8766733641 present\n", "f").entries[0].why == "no reason given"
+
+
+def test_without_the_variable_the_suite_says_who_writes_the_file_and_how() -> None:
+    with pytest.raises(pytest.UsageError) as err:
+        commits_from_env({})
+    text = str(err.value)
+    assert "BPFLAB_COMMITS is not set" in text and "harness/commits.py" in text
+    assert "python -m harness.commits" in text and "'<id> present|absent <why>'" in text
+
+
+def test_an_unreadable_or_malformed_file_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(pytest.UsageError, match="BPFLAB_COMMITS: .*No such file"):
+        commits_from_env({"BPFLAB_COMMITS": str(tmp_path / "none")})
+    bad = tmp_path / "bad"
+    bad.write_text("HEAD present\n")
+    with pytest.raises(pytest.UsageError, match=f"{bad}:1: expected"):
+        commits_from_env({"BPFLAB_COMMITS": str(bad)})
+    good = tmp_path / "good"
+    good.write_text(FILE)
+    assert commits_from_env({"BPFLAB_COMMITS": str(good)}).path == str(good)
+
+
+def expectation(commit_id: str, release: str = "6.1.192") -> Expectation:
+    return Declared(parse_commits(FILE, "f"), release, [commit_id])[commit_id]
+
+
+def test_a_mismatch_names_the_kernel_the_commit_and_the_files_why() -> None:
     with pytest.raises(AssertionError) as info:
-        exp.check("0x1111", new="0x2222", old="0x1111")
-    text = str(info.value)
-    assert "6.1.192" in text and "has cba41bb78d" in text and "6.1.y from 6.1.34" in text
-    assert "expected '0x2222'" in text
+        expectation("8766733641").check("freed", new="kept", old="not freed")
+    assert str(info.value).startswith(
+        "kernel 6.1.192 lacks 8766733641 (reverted by the variant uaf-inject): "
+        "expected 'not freed', observed 'freed'")
 
 
-def test_a_kernel_without_the_commit_must_show_the_old_behaviour() -> None:
-    exp = Expectation(ELEM_SIZE, Kernel(parse_release("6.1.33")))
-    exp.check("0x1111", new="0x2222", old="0x1111")
-    with pytest.raises(AssertionError, match="lacks cba41bb78d"):
-        exp.check("0x2222", new="0x2222", old="0x1111")
+def test_the_new_behaviour_is_expected_with_the_commit_the_old_one_without() -> None:
+    expectation("cba41bb78d").check("0x2222", new="0x2222", old="0x1111")
+    expectation("8766733641").check("old", new="new", old="old")
+    with pytest.raises(AssertionError, match="has cba41bb78d \\(6.1.y from 6.1.34"):
+        expectation("cba41bb78d").check("0x1111", new="0x2222", old="0x1111")
 
 
 def test_only_declared_commits_can_be_asked_about() -> None:
-    declared = Declared(Kernel(Version(6, 1, 192)), [ELEM_SIZE])
-    assert declared["cba41bb78d"].present
+    declared = Declared(parse_commits(FILE, "f"), "6.1.192", ["cba41bb78d"])
+    assert declared["cba41bb78d"].present and declared.ids() == ["cba41bb78d"]
     with pytest.raises(KeyError, match="not declared"):
-        declared["af66bfd3c8"]
+        declared["8766733641"]
+
+
+def test_a_declared_commit_the_file_lacks_is_a_usage_error_naming_it() -> None:
+    commits = parse_commits(FILE, "commits.txt")
+    assert missing(commits, ["cba41bb78d", "b7ff97925b"]) == ["b7ff97925b"]
+    with pytest.raises(pytest.UsageError, match="commits.txt does not list b7ff97925b"):
+        Declared(commits, "6.1.192", ["cba41bb78d", "b7ff97925b"])
+
+
+def test_introduced_takes_only_the_commit_id(suite_markers: None) -> None:
+    mark = introduced("8766733641")
+    assert mark.name == "introduced" and mark.args == ("8766733641",)
+    with pytest.raises(ValueError, match="commit id"):
+        introduced("v6.8")
 
 
 def test_kernel_markers_are_one_ascii_line_without_spaces_in_the_node_id() -> None:
@@ -124,47 +147,32 @@ def test_kernel_markers_are_one_ascii_line_without_spaces_in_the_node_id() -> No
         kmsg_line("end", "t.py::test_x")
 
 
-FREE_FIX = Commit("8766733641", "6.8", (("6.1", "6.1.75"),))
+def fake_request() -> Any:
+    return SimpleNamespace(node=SimpleNamespace(stash={}))
 
 
-def test_a_commit_the_variant_reverts_is_absent_whatever_the_release_says(
-        tmp_path: Path) -> None:
-    listing = tmp_path / "has"
-    listing.write_text("8766733641\n")
-    reverted = kernel_under_test({"BPFLAB_REVERTED_COMMITS": "8766733641"})
-    assert not reverted.has(FREE_FIX) and reverted.has(ELEM_SIZE) is \
-        kernel_under_test({}).has(ELEM_SIZE)
-    both = kernel_under_test({"BPFLAB_HAS_COMMITS": str(listing),
-                              "BPFLAB_REVERTED_COMMITS": "87667336"})
-    assert not both.has(FREE_FIX)
-    assert "reverted by the variant: 8766733641" in reverted.source()
+@pytest.mark.parametrize("commit_id", ["cba41bb78d", "8766733641"])  # has it, lacks it
+def test_a_uaf_test_on_an_already_tainted_kernel_skips_as_blinded_with_or_without_the_fix(
+        monkeypatch: pytest.MonkeyPatch, free_suite: Any, commit_id: str) -> None:
+    monkeypatch.setattr(free_suite, "read_taint", lambda: TAINT_BAD_PAGE)
+    monkeypatch.setattr(free_suite, "kasan_built_in", lambda: True)
+    for must_report in (True, False):
+        with pytest.raises(pytest.skip.Exception, match="taint bit 5 was already set"):
+            free_suite.judge_kasan(fake_request(), TAINT_BAD_PAGE, expectation(commit_id),
+                                   "the run", must_report=must_report)
+    assert free_suite.BLINDED == "taint bit 5 was already set"
 
 
-def test_a_reverted_list_with_a_non_commit_is_refused() -> None:
-    with pytest.raises(ValueError, match="BPFLAB_REVERTED_COMMITS"):
-        kernel_under_test({"BPFLAB_REVERTED_COMMITS": "8766733641 HEAD~1"})
+def test_a_uaf_test_judges_a_fresh_taint_by_the_files_state(
+        monkeypatch: pytest.MonkeyPatch, free_suite: Any) -> None:
+    monkeypatch.setattr(free_suite, "read_taint", lambda: TAINT_BAD_PAGE)
+    monkeypatch.setattr(free_suite, "kasan_built_in", lambda: True)
+    with pytest.raises(pytest.fail.Exception, match="KASAN .* kernel 6.1.192 has cba41bb78d"):
+        free_suite.judge_kasan(fake_request(), 0, expectation("cba41bb78d"), "the run", True)
+    request = fake_request()
+    free_suite.judge_kasan(request, 0, expectation("8766733641"), "the run", True)
+    assert request.node.stash[KASAN_EXPECTED] is True
+    monkeypatch.setattr(free_suite, "read_taint", lambda: 0)
+    with pytest.raises(pytest.fail.Exception, match="no KASAN report .* lacks 8766733641"):
+        free_suite.judge_kasan(fake_request(), 0, expectation("8766733641"), "the run", True)
 
-
-def test_a_commit_the_variant_backports_is_present_whatever_the_release_says(
-        tmp_path: Path) -> None:
-    # 6.1 has neither aa3496accc nor d48995723c by release; the leak-inject variant
-    # brings the first, so its leak is expected there.
-    leak_from = Commit("aa3496accc", "6.2")
-    old = Kernel(parse_release("6.1.192"))
-    assert not old.has(leak_from)
-    brought = Kernel(parse_release("6.1.192"), backported=frozenset({"aa3496accc"}))
-    assert brought.has(leak_from) and not brought.has(Commit("d48995723c", "6.2"))
-    assert "backported by the variant: aa3496accc" in brought.source()
-    listing = tmp_path / "has"
-    listing.write_text("cba41bb78d\n")
-    listed = kernel_under_test({"BPFLAB_HAS_COMMITS": str(listing),
-                                "BPFLAB_BACKPORTED_COMMITS": "8766733641"})
-    assert listed.has(FREE_FIX) and listed.has(ELEM_SIZE) and not listed.has(OPTIMIZE_FREE)
-
-
-def test_a_commit_both_reverted_and_backported_is_refused() -> None:
-    with pytest.raises(ValueError, match="both name 8766733641"):
-        kernel_under_test({"BPFLAB_REVERTED_COMMITS": "8766733641",
-                           "BPFLAB_BACKPORTED_COMMITS": "87667336"})
-    with pytest.raises(ValueError, match="BPFLAB_BACKPORTED_COMMITS: 'main'"):
-        kernel_under_test({"BPFLAB_BACKPORTED_COMMITS": "main"})

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 import pytest
 
-from harness.build import Builder, first_errors, make_argv, parse_ccache_stats
+from harness.build import (ARTIFACTS, Builder, BuildResult, first_errors, make_argv,
+                           parse_ccache_stats, read_entry)
 from harness.config import load_lab
 from harness.main import Session
+from harness.model import Selection, Status
 from harness.ops import Ops
-from harness.results import Status
 from tests.conftest import git
 
 Writer = Callable[[str], Path]
@@ -38,11 +43,12 @@ def session(fake_tree: Path, write_lab: Writer, tmp_path: Path) -> Session:
 def test_targets_are_commits_times_arches_times_variants(session: Session) -> None:
     labels = [t.label.split(" ", 2)[::2] for t in session.targets()]
     assert len(labels) == 2 * (2 + 1)
-    assert [t.arch.name for t in session.targets(variant="inject")] == ["x86_64", "x86_64"]
+    injected = session.targets(Selection(variant="inject"))
+    assert [t.arch.name for t in injected] == ["x86_64", "x86_64"]
 
 
 def test_a_build_stores_image_config_vmlinux_and_metadata(session: Session) -> None:
-    target = session.targets(arch="x86_64", variant="base")[0]
+    target = session.targets(Selection(arch="x86_64", variant="base"))[0]
     result = session.builder().build(target)
     assert result.status is Status.PASS and not result.cached
     assert result.artifacts is not None
@@ -56,7 +62,7 @@ def test_a_build_stores_image_config_vmlinux_and_metadata(session: Session) -> N
 
 
 def test_a_second_build_with_the_same_key_is_a_cache_hit(session: Session) -> None:
-    target = session.targets(arch="arm64")[0]
+    target = session.targets(Selection(arch="arm64"))[0]
     first = session.builder().build(target)
     again = session.builder().build(target)
     assert again.cached and again.artifacts == first.artifacts and again.key == first.key
@@ -67,7 +73,7 @@ def test_the_next_commit_rebuilds_only_what_changed(session: Session) -> None:
     lab = replace(session.lab, source=replace(session.lab.source, range=None,
                                               commits=("v2", "v3")))
     session = Session(lab, session.ops)
-    first, second = session.targets(arch="x86_64", variant="base")
+    first, second = session.targets(Selection(arch="x86_64", variant="base"))
     builder = session.builder()
     builder.build(first)
     result = builder.build(second)
@@ -76,7 +82,8 @@ def test_the_next_commit_rebuilds_only_what_changed(session: Session) -> None:
 
 
 def test_a_variant_applies_its_patch_and_gets_its_own_key(session: Session) -> None:
-    base, inject = (session.targets(arch="x86_64", variant=v)[0] for v in ("base", "inject"))
+    base, inject = (session.targets(Selection(arch="x86_64", variant=v))[0]
+                    for v in ("base", "inject"))
     builder = session.builder()
     result = builder.build(inject)
     assert result.status is Status.PASS and result.artifacts is not None
@@ -90,7 +97,7 @@ def test_a_variant_applies_its_patch_and_gets_its_own_key(session: Session) -> N
 def test_a_patch_that_does_not_apply_is_a_failed_result(session: Session, fake_tree: Path,
                                                         tmp_path: Path) -> None:
     (tmp_path / "inject.patch").write_text("--- a/nope.c\n+++ b/nope.c\n@@ -1 +1 @@\n-a\n+b\n")
-    result = session.builder().build(session.targets(variant="inject")[0])
+    result = session.builder().build(session.targets(Selection(variant="inject"))[0])
     assert result.status is Status.FAIL
     assert "inject.patch does not apply" in result.errors[0]
 
@@ -102,7 +109,7 @@ def test_a_compile_error_is_a_result_with_the_compiler_lines(session: Session,
     git(fake_tree, "add", "BREAK", "map_in_map.c")
     git(fake_tree, "commit", "-q", "-m", "break the build")
     git(fake_tree, "tag", "-f", "v3")
-    targets = session.targets(arch="x86_64", variant="base")
+    targets = session.targets(Selection(arch="x86_64", variant="base"))
     results = [session.builder().build(t) for t in targets]
     assert [r.status for r in results] == [Status.PASS, Status.PASS, Status.FAIL]
     assert results[2].errors[0].startswith("kernel/bpf/map_in_map.c:42:1: error:")
@@ -116,13 +123,13 @@ def test_an_option_dropped_by_kconfig_fails_the_build_naming_it(session: Session
     git(fake_tree, "add", "DROP", "map_in_map.c")
     git(fake_tree, "commit", "-q", "-m", "kasan needs something we lack")
     git(fake_tree, "tag", "-f", "v3")
-    result = session.builder().build(session.targets(arch="x86_64", variant="base")[-1])
+    result = session.builder().build(session.targets(Selection(arch="x86_64", variant="base"))[-1])
     assert result.status is Status.FAIL
     assert result.errors == ("config: CONFIG_KASAN=y dropped",)
 
 
 def test_an_unchanged_config_keeps_its_mtime(session: Session) -> None:
-    first, second = session.targets(arch="x86_64", variant="base")
+    first, second = session.targets(Selection(arch="x86_64", variant="base"))
     builder = session.builder()
     builder.build(first)
     dot = builder.build_dir(first.arch) / ".config"
@@ -154,9 +161,133 @@ def test_ccache_stats_count_direct_and_preprocessed_hits() -> None:
 
 def test_builder_cache_key_depends_on_tree_arch_and_fragments(session: Session,
                                                               tmp_path: Path) -> None:
-    t1, t2 = session.targets(arch="x86_64", variant="base")
+    t1, t2 = session.targets(Selection(arch="x86_64", variant="base"))
     builder: Builder = session.builder()
     k1 = builder.key(t1)
     assert k1 == builder.key(t1) and k1 != builder.key(t2)
     (tmp_path / "bpf.config").write_text("CONFIG_64BIT=y\n")
     assert builder.key(t1) != k1
+
+
+def _append(path: Path, text: str) -> None:
+    with open(path, "a") as fh:
+        fh.write(text)
+
+
+# How a cache entry gets broken, and the reason the lab then gives.
+DAMAGE: list[tuple[str, Callable[[Path], object], str]] = [
+    ("truncated-meta", lambda e: (e / "meta.json").write_text('{"commit": '),
+     "meta.json unreadable"),
+    ("meta-not-an-object", lambda e: (e / "meta.json").write_text("[1, 2]\n"),
+     "meta.json is not an object"),
+    ("meta-removed", lambda e: (e / "meta.json").unlink(), "meta.json missing"),
+    *[(f"{name}-removed", lambda e, name=name: (e / name).unlink(), f"{name} missing")
+      for name in ARTIFACTS],
+    ("image-replaced", lambda e: (e / "image").write_text("fake bzImage tampered\n"),
+     "image sha256 differs"),
+    ("vmlinux-grown", lambda e: _append(e / "vmlinux", "int more;\n"), "vmlinux size differs"),
+]
+
+
+@pytest.mark.parametrize("damage,why", [(d[1], d[2]) for d in DAMAGE], ids=[d[0] for d in DAMAGE])
+def test_a_broken_cache_entry_is_said_removed_and_built_again(
+        session: Session, capsys: pytest.CaptureFixture[str],
+        damage: Callable[[Path], object], why: str) -> None:
+    target = session.targets(Selection(arch="x86_64", variant="base"))[0]
+    builder = session.builder()
+    first = builder.build(target)
+    assert first.artifacts is not None and read_entry(first.artifacts)[1] == ""
+    damage(first.artifacts)
+    capsys.readouterr()
+    again = builder.build(target)
+    said = [line for line in capsys.readouterr().out.splitlines() if "is broken" in line]
+    assert len(said) == 1 and f"({why}" in said[0]
+    assert again.status is Status.PASS and not again.cached
+    assert again.artifacts == first.artifacts and read_entry(again.artifacts)[1] == ""
+    assert builder.build(target).cached
+
+
+def test_lookup_removes_a_broken_entry_and_reports_a_miss(session: Session) -> None:
+    target = session.targets(Selection(arch="arm64"))[0]
+    builder = session.builder()
+    entry = builder.build(target).artifacts
+    assert entry is not None and builder.lookup(target) is not None
+    (entry / "meta.json").write_text("not json")
+    assert builder.lookup(target) is None and not entry.exists()
+
+
+def test_a_good_entry_records_the_image_hash_and_vmlinux_size(session: Session) -> None:
+    result = session.builder().build(session.targets(Selection(arch="x86_64", variant="base"))[0])
+    assert result.artifacts is not None
+    meta = json.loads((result.artifacts / "meta.json").read_text())
+    assert meta["vmlinux_size"] == (result.artifacts / "vmlinux").stat().st_size
+    assert len(str(meta["sha256_image"])) == 64
+
+
+def test_force_builds_again_over_a_good_entry(session: Session,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    target = session.targets(Selection(arch="x86_64", variant="base"))[0]
+    builder = session.builder()
+    first = builder.build(target)
+    assert first.artifacts is not None
+    stored = (first.artifacts / "meta.json").stat().st_ino
+    capsys.readouterr()
+    forced = builder.build(target, force=True)
+    assert forced.status is Status.PASS and not forced.cached
+    assert "cache hit" not in capsys.readouterr().out
+    assert forced.artifacts == first.artifacts
+    assert (forced.artifacts / "meta.json").stat().st_ino != stored  # stored anew
+
+
+def _held_by_another_lab(lock: Path) -> IO[str]:
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    held = open(lock, "w")
+    fcntl.flock(held, fcntl.LOCK_EX)
+    held.write("4242\n")
+    held.flush()
+    return held
+
+
+def _wait_until_said(capsys: pytest.CaptureFixture[str], text: str) -> str:
+    said = ""
+    deadline = time.monotonic() + 10
+    while text not in said and time.monotonic() < deadline:
+        time.sleep(0.05)
+        said += capsys.readouterr().out
+    return said
+
+
+def test_a_build_waits_for_the_lab_holding_its_build_directory(
+        session: Session, capsys: pytest.CaptureFixture[str]) -> None:
+    target = session.targets(Selection(arch="x86_64", variant="base"))[0]
+    builder = session.builder()
+    lock = builder.build_lock(target.arch)
+    results: list[BuildResult] = []
+    with _held_by_another_lab(lock):
+        waiter = threading.Thread(target=lambda: results.append(builder.build(target)))
+        waiter.start()
+        said = _wait_until_said(capsys, "waiting for")
+        assert f"waiting for {builder.build_dir(target.arch)} (held by pid 4242)" in said
+        time.sleep(0.3)
+        assert waiter.is_alive() and not results
+        assert not (builder.build_dir(target.arch) / "vmlinux").exists()  # make has not run
+    waiter.join(timeout=30)
+    assert [r.status for r in results] == [Status.PASS]
+    assert lock.read_text().strip() == str(os.getpid())  # the holder says who it is
+
+
+def test_a_build_that_waited_takes_what_the_other_lab_stored(
+        session: Session, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    target = session.targets(Selection(arch="arm64"))[0]
+    builder = session.builder()
+    entry = builder.build(target).artifacts
+    assert entry is not None
+    entry.rename(tmp_path / "stored-by-the-other-lab")
+    results: list[BuildResult] = []
+    with _held_by_another_lab(builder.build_lock(target.arch)):
+        waiter = threading.Thread(target=lambda: results.append(builder.build(target)))
+        waiter.start()
+        _wait_until_said(capsys, "waiting for")
+        (tmp_path / "stored-by-the-other-lab").rename(entry)
+    waiter.join(timeout=30)
+    assert len(results) == 1 and results[0].cached and results[0].artifacts == entry

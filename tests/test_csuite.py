@@ -1,5 +1,5 @@
-"""The C suite's build: argv builders, cache key, ELF/BTF readers, the expectation
-logic of kernel.c, and (e2e) real builds for both arches run on the host kernel."""
+"""The C suite's build: argv builders, cache key, ELF/BTF readers, and kernel.c's
+reading of the lab's commits file (decided by harness/commits.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import pytest
 
-from harness import csuite
+from harness import catalog, commits, csuite
 from harness.config import Arch, load_arches
 from harness.errors import LabError
 from harness.ops import Completed, Ops
@@ -20,9 +20,6 @@ from harness.ops import Completed, Ops
 ARCHES = {a.name: a for a in load_arches()}
 X86, ARM64 = ARCHES["x86_64"], ARCHES["arm64"]
 PINS = ("libbpf-dev=1:1.1.2-0+deb12u1", "zlib1g-dev=1:1.2.13.dfsg-1")
-TEST_NAMES = ["spin_lock_in_inner_map", "timer_in_inner_map", "kptr_in_inner_map",
-              "sleepable_uaf_inner_map_free", "race_kprobe_inner_map_free",
-              "race_sleepable_fentry_inner_map_free"]
 
 
 def make_elf(path: Path, sections: Mapping[str, bytes], machine: int = 62,
@@ -177,65 +174,83 @@ def test_a_cached_build_runs_no_compiler(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def kernel_check(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """kernel.c compiled with its command-line window: the C expectation logic itself."""
+    """kernel.c compiled with its command-line window, with the suite's own flags and
+    warnings as errors: the C suite's reading of the commits file itself."""
     exe = tmp_path_factory.mktemp("kc") / "kernel_check"
-    subprocess.run(["gcc", "-Wall", "-Werror", f"-I{csuite.SOURCES}",
+    subprocess.run(["gcc", *csuite.CFLAGS, "-Werror", f"-I{csuite.SOURCES}",
                     str(csuite.SOURCES / "kernel_check.c"), str(csuite.SOURCES / "kernel.c"),
                     "-o", str(exe)], check=True)
     return exe
 
 
-@pytest.mark.parametrize("release, uname_v, mainline, stable, expected", [
-    ("6.1.192", "#1 SMP", "6.8", ("6.1", "6.1.75"), "6.1.192 has"),
-    ("6.1.74", "#1 SMP", "6.8", ("6.1", "6.1.75"), "6.1.74 lacks"),
-    ("6.1.192+", "#1 SMP", "6.2", ("", ""), "6.1.192 lacks"),
-    ("6.7.0-rc3", "#1 SMP", "6.8", ("6.1", "6.1.75"), "6.7.0 lacks"),
-    ("6.8.0-rc1", "#1 SMP", "6.8", ("6.1", "6.1.75"), "6.8.0 has"),
-    ("6.18.44-fc-v669", "#1 SMP", "6.2", ("", ""), "6.18.44 has"),
-    ("6.1.0-28-amd64", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.119-1 (2024-11-22)", "6.8",
-     ("6.1", "6.1.75"), "6.1.119 has"),
-    ("5.10.0-9-arm64", "#1 SMP Debian 6.1.119-1", "5.15", ("", ""), "5.10.0 lacks"),
-])
-def test_the_c_suite_expects_a_commit_from_the_release(
-        kernel_check: Path, release: str, uname_v: str, mainline: str,
-        stable: tuple[str, str], expected: str) -> None:
-    out = subprocess.run([str(kernel_check), release, uname_v, mainline, *stable],
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == expected
+def commits_file(tmp_path: Path, identity: commits.Identity) -> Path:
+    """The file the lab would write for this kernel, from the real table."""
+    path = tmp_path / "commits.txt"
+    path.write_text(commits.render(commits.decide(commits.load_table(), identity), identity))
+    return path
 
 
-def test_a_commit_list_overrides_the_release(kernel_check: Path, tmp_path: Path) -> None:
-    listed = tmp_path / "commits"
-    listed.write_text("# ancestors\n876673364183ec2a1\n20C20BD11A  # upper case\n")
-    run = [str(kernel_check), "6.1.74", "", "6.8", "6.1", "6.1.75"]
-    assert subprocess.run([*run, str(listed)], capture_output=True, text=True,
-                          check=True).stdout.strip() == "6.1.74 has"
-    listed.write_text("20c20bd11a\n")
-    assert subprocess.run([*run, str(listed)], capture_output=True, text=True,
-                          check=True).stdout.strip() == "6.1.74 lacks"
-    listed.write_text("not-a-commit\n")
-    assert subprocess.run([*run, str(listed)], capture_output=True).returncode == 2
+def check(exe: Path, path: Path | None, *ids: str) -> subprocess.CompletedProcess[str]:
+    env = {"BPFLAB_COMMITS": str(path)} if path else {}
+    return subprocess.run([str(exe), *ids], capture_output=True, text=True, env=env)
 
 
-def test_a_commit_the_variant_reverts_is_absent_in_the_c_suite_too(kernel_check: Path) -> None:
-    run = [str(kernel_check), "6.1.192", "", "6.8", "6.1", "6.1.75"]
-    env = {"BPFLAB_REVERTED_COMMITS": "8766733641 20c20bd11a"}
-    assert subprocess.run(run, capture_output=True, text=True, check=True,
-                          env=env).stdout.strip() == "6.1.192 lacks"
-    env = {"BPFLAB_REVERTED_COMMITS": "20c20bd11a"}
-    assert subprocess.run(run, capture_output=True, text=True, check=True,
-                          env=env).stdout.strip() == "6.1.192 has"
-    env = {"BPFLAB_REVERTED_COMMITS": "nope"}
-    assert subprocess.run(run, capture_output=True, env=env).returncode == 2
+def test_the_c_suite_reads_each_tests_commit_from_the_file(kernel_check: Path,
+                                                           tmp_path: Path) -> None:
+    uaf = commits.Identity("6.1.192", None, ("8766733641",), (), "uaf-inject")
+    out = check(kernel_check, commits_file(tmp_path, uaf))
+    assert out.returncode == 0, out.stdout
+    assert out.stdout.splitlines() == [
+        "spin_lock_in_inner_map b7ff97925b lacks", "timer_in_inner_map 40ec00abf1 has",
+        "kptr_in_inner_map 61df10c779 has",
+        "sleepable_uaf_inner_map_free 8766733641 lacks",
+        "race_kprobe_inner_map_free 8766733641 lacks",
+        "race_sleepable_fentry_inner_map_free 8766733641 lacks"]
+    assert [line.split()[0] for line in out.stdout.splitlines()] == \
+        [name.removeprefix("map_in_map::") for name in catalog.c_tests()]
 
 
-def test_a_commit_the_variant_backports_is_present_in_the_c_suite_too(
+def test_the_c_suite_matches_ids_by_prefix_and_keeps_the_files_why(
+        kernel_check: Path, tmp_path: Path) -> None:
+    path = commits_file(tmp_path, commits.Identity("6.1.74"))
+    out = check(kernel_check, path, "8766733641", "CBA41BB78D0123", "03b77e1")
+    assert out.stdout.splitlines() == [
+        "8766733641 lacks 6.1.y from 6.1.75, release 6.1.74",
+        "CBA41BB78D0123 has 6.1.y from 6.1.34, release 6.1.74",
+        "03b77e1 lacks mainline v6.3, release 6.1.74 (6.1.y has no backport)"]
+
+
+def test_without_the_variable_the_c_suite_bails_out_saying_how_to_get_the_file(
         kernel_check: Path) -> None:
-    run = [str(kernel_check), "6.1.74", "", "6.8", "6.1", "6.1.75"]
-    assert subprocess.run(run, capture_output=True, text=True, check=True,
-                          env={}).stdout.strip() == "6.1.74 lacks"
-    env = {"BPFLAB_BACKPORTED_COMMITS": "8766733641"}
-    assert subprocess.run(run, capture_output=True, text=True, check=True,
-                          env=env).stdout.strip() == "6.1.74 has"
-    env = {"BPFLAB_BACKPORTED_COMMITS": "87667336", "BPFLAB_REVERTED_COMMITS": "8766733641"}
-    assert subprocess.run(run, capture_output=True, env=env).returncode == 2
+    out = check(kernel_check, None)
+    assert out.returncode == 2
+    assert out.stdout.startswith("Bail out! BPFLAB_COMMITS is not set")
+    assert "harness/commits.py" in out.stdout and "python -m harness.commits" in out.stdout
+
+
+def test_a_file_lacking_a_declared_id_makes_the_c_suite_bail_out(kernel_check: Path,
+                                                                 tmp_path: Path) -> None:
+    path = commits_file(tmp_path, commits.Identity("7.3.0-rc7"))
+    path.write_text("".join(line + "\n" for line in path.read_text().splitlines()
+                            if not line.startswith("03b77e17ae")))
+    out = check(kernel_check, path)
+    assert out.returncode == 2
+    assert out.stdout.startswith("Bail out! kptr_in_inner_map declares 03b77e17ae, which "
+                                 f"the commits file {path} does not list")
+    asked = check(kernel_check, commits_file(tmp_path, commits.Identity("6.8")), "deadbeef00")
+    assert asked.returncode == 2 and "Bail out! deadbeef00 is not in the commits file" \
+        in asked.stdout
+
+
+@pytest.mark.parametrize("line", ["8766733641 maybe", "HEAD present", "876673 absent x"])
+def test_a_malformed_file_makes_the_c_suite_bail_out_naming_the_line(
+        kernel_check: Path, tmp_path: Path, line: str) -> None:
+    path = tmp_path / "commits.txt"
+    path.write_text(f"# a file\n{line}\n")
+    out = check(kernel_check, path)
+    assert out.returncode == 2
+    assert out.stdout.startswith(f"Bail out! BPFLAB_COMMITS: {path}:2: expected '<id> "
+                                 "present|absent <why>'")
+    path.write_text("8766733641 present a\n87667336 absent b\n")
+    assert f"{path}:2: 87667336 is listed twice" in check(kernel_check, path).stdout
+    assert "No such file" in check(kernel_check, tmp_path / "none").stdout

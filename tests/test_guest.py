@@ -29,7 +29,7 @@ def wait_for(cond: object, seconds: float = 10.0) -> None:
 
 def test_console_lines_are_stamped_with_host_time_and_saved(tmp_path: Path) -> None:
     with Guest(fake_qemu(CHATTY), tmp_path, tmp_path / "qmp", verbose=False) as guest:
-        wait_for(lambda: len(guest.lines()) == 2)
+        wait_for(lambda: guest.report().lines == 2)
     saved = guest.console_log.read_text().splitlines()
     assert [split_stamp(line)[1] for line in saved] == ["Linux version 6.1.0", "a"]
     assert parse(saved).first_output_s is not None

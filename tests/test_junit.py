@@ -8,6 +8,7 @@ from junitparser import JUnitXml
 
 from harness import junit
 from harness.junit import Case
+from harness.config import ExpectedReport
 from harness.kreport import Report
 from harness.results import Status
 
@@ -31,7 +32,9 @@ def test_tap_results_become_cases_with_skip_reasons_and_diagnostics() -> None:
     lines = ["TAP version 13", "1..3", "ok 1 - spin_lock_in_inner_map",
              "# expected 0x2222, got 0x1111 (cba41bb78d)", "not ok 2 - elem_size",
              "ok 3 - timer # SKIP no CONFIG_BPF_EVENTS"]
-    got = junit.from_tap(lines, "c", "c.map_in_map")
+    tap = junit.from_tap(lines, "c", "c.map_in_map")
+    got = tap.cases
+    assert tap.plan == 3 and tap.problem() == ""
     assert [(c.name, c.status) for c in got] == [("spin_lock_in_inner_map", Status.PASS),
                                                  ("elem_size", Status.FAIL),
                                                  ("timer", Status.SKIP)]
@@ -55,14 +58,57 @@ def test_a_report_outside_any_test_fails_kernel_health() -> None:
     assert "outside any test: KASAN: use-after-free" in tied[-1].message
 
 
+SIG = "KASAN: use-after-free Write in array_map_update_elem"
+
+
 def test_an_expected_report_keeps_the_case_green_and_a_missing_one_fails_health() -> None:
-    expected = ("KASAN: use-after-free",)
+    expected = (ExpectedReport(UAF, (SIG,)),)
     tied = junit.tie_reports(cases(), [report(UAF)], expected)
     assert tied[0].status is Status.PASS and tied[0].reports
     assert tied[-1].status is Status.PASS
     missing = junit.tie_reports(cases(), [], expected)
     assert missing[-1].status is Status.FAIL
-    assert "never appeared: KASAN: use-after-free" in missing[-1].message
+    assert f"never appeared: {SIG} in {UAF}" in missing[-1].message
+
+
+def test_a_report_is_expected_only_from_the_test_the_variant_names() -> None:
+    expected = (ExpectedReport(UAF, (SIG,)),)
+    other = "bpf_tests/python/test_basic.py::test_lookup_returns_inner_id"
+    tied = junit.tie_reports(cases(), [report(UAF), report(other)], expected)
+    assert tied[0].status is Status.PASS
+    assert tied[1].status is Status.ERROR and SIG in tied[1].message
+    boot = junit.tie_reports(cases(), [report(UAF), report(None)], expected)
+    assert boot[-1].status is Status.FAIL and "outside any test" in boot[-1].message
+    worded = junit.tie_reports(cases(), [report(UAF, "KASAN: use-after-free Read in f")],
+                               expected)
+    assert worded[0].status is Status.ERROR  # another signature, even from that test
+
+
+def test_tap_plans_that_do_not_match_and_bail_outs_are_problems() -> None:
+    assert "1..3 but 1" in junit.from_tap(["1..3", "ok 1 - a"], "c", "m").problem()
+    assert "no TAP plan" in junit.from_tap(["ok 1 - a"], "c", "m").problem()
+    assert "no root" in junit.from_tap(["Bail out! no root"], "c", "m").problem()
+
+
+def test_guest_junit_that_cannot_be_trusted_is_refused_with_why(tmp_path: Path) -> None:
+    import pytest
+    bad = {"huge": "<testsuites>" + " " * 5000 + "</testsuites>",
+           "dtd": '<!DOCTYPE l [<!ENTITY x "y">]><testsuites/>',
+           "time": '<testsuites><testcase name="a" time="nan"/></testsuites>',
+           "noname": '<testsuites><testcase classname="a"/></testsuites>',
+           "esc": '<testsuites><testcase name="a\x1b"/></testsuites>'.replace("\\x1b", "\x1b")}
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(junit.JUnitError):
+            junit.from_junit(tmp_path / name, "python", limit=4096)
+
+
+def test_written_junit_holds_any_text_as_valid_xml(tmp_path: Path) -> None:
+    case = Case("c", "map_in_map", "t\x00", Status.FAIL, message="red \x1b[31m \ud800",
+                output="bell \x07")
+    junit.write([case], "x86_64/<v>/base", {"k": "\x1b"}, tmp_path / "j.xml")
+    back = junit.from_junit(tmp_path / "j.xml", "c")
+    assert back[0].name == "t\\x00" and back[0].message == "red \\x1b[31m \\ud800"
 
 
 def test_junit_round_trips_with_properties_and_the_report_text(tmp_path: Path) -> None:

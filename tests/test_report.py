@@ -9,26 +9,29 @@ import pytest
 
 from harness import junit, report
 from harness.junit import Case
-from harness.results import Status, write_json
-from harness.store import Store, TargetOutcome, counts
-from dataclasses import asdict
+from harness.model import ReportRef, Stage, Status, TargetOutcome
+from harness.results import write_json
+from harness.store import Store, counts
+from dataclasses import replace
 
-OK = {"build": "pass", "boot": "pass", "tests": "pass"}
+OK = {Stage.BUILD: Status.PASS, Stage.BOOT: Status.PASS, Stage.TESTS: Status.PASS}
 
 
 def outcome(name: str, order: int, arch: str, variant: str = "base",
-            sigs: tuple[str, ...] = ()) -> TargetOutcome:
+            sigs: tuple[str, ...] = (), test: str | None = None,
+            expected: bool = False) -> TargetOutcome:
+    refs = tuple(ReportRef(s, "KASAN", f"kasan/{i + 1:02d}-kasan.txt", s, test, 1, 0, expected)
+                 for i, s in enumerate(sigs))
     return TargetOutcome(commit=name * 4, name=name, subject="s", arch=arch, variant=variant,
-                         order=order, fingerprint="f", stages=dict(OK), signatures=sigs)
+                         order=order, fingerprint="f", stages=dict(OK), reports=refs)
 
 
 def put(store: Store, o: TargetOutcome, statuses: dict[str, Status]) -> None:
     d = store.root / "targets" / f"{o.name}__{o.arch}__{o.variant}"
     cases = [Case("python", "t", n, s) for n, s in statuses.items()]
     junit.write(cases, d.name, {}, d / "junit.xml")
-    data = asdict(o)
-    data["counts"] = counts(cases)
-    write_json(d / "metadata.json", data)
+    write_json(d / "metadata.json",
+               replace(o, counts=counts([c.status.value for c in cases])).to_json())
 
 
 def test_first_bad_and_first_good_follow_history_order() -> None:
@@ -54,7 +57,7 @@ def test_the_report_shows_every_cell_transitions_and_signatures(tmp_path: Path) 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {(t["column"], t["first_bad"], t["first_good"]) for t in summary["transitions"]} == {
         ("x86_64/base", "v6.1.176", "v6.1.192"), ("arm64/base", "v6.1.192", None)}
-    assert summary["reports"][0]["where"] == ["v6.1.176 x86_64/uaf-inject"]
+    assert summary["reports"][0]["where"] == ["v6.1.176 x86_64/uaf-inject ((no test))"]
     html = page.read_text()
     assert 'id="matrix"' in html and sig in html and "junit.xml" in html
 
@@ -63,12 +66,8 @@ def test_a_report_names_the_test_it_was_tied_to_and_whether_it_was_expected(
         tmp_path: Path) -> None:
     store = Store(tmp_path)
     sig = "KASAN: use-after-free Read in array_map_update_elem"
-    o = outcome("v6.1.192", 0, "x86_64", "uaf-inject", (sig,))
-    o = TargetOutcome(**{**asdict(o), "expected_reports": ("KASAN: use-after-free",)})
+    o = outcome("v6.1.192", 0, "x86_64", "uaf-inject", (sig,), "test_free.py::test_uaf", True)
     put(store, o, {"test_a": Status.PASS})
-    (tmp_path / "targets" / "v6.1.192__x86_64__uaf-inject" / "kasan").mkdir()
-    (tmp_path / "targets" / "v6.1.192__x86_64__uaf-inject" / "kasan" / "01-kasan.txt") \
-        .write_text(f"# {sig}\n# test: test_free.py::test_uaf\n# console line 3\nBUG: ...\n")
     text, page = report.write_all(store)
     where = json.loads((tmp_path / "summary.json").read_text())["reports"][0]["where"]
     assert where == ["v6.1.192 x86_64/uaf-inject (test_free.py::test_uaf - expected by the "
@@ -82,3 +81,26 @@ def test_rebuilding_a_directory_that_is_not_a_run_is_refused_and_writes_nothing(
     with pytest.raises(UserError, match="not a run directory"):
         report.rebuild(tmp_path / "nowhere")
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_boot_failure_reads_short_in_the_table_and_the_reason_comes_below(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    o = outcome("v6.1.192", 0, "x86_64")
+    o = replace(o, stages={Stage.BUILD: Status.PASS, Stage.BOOT: Status.FAIL,
+                           Stage.TESTS: Status.SKIP}, exit_reason="panic",
+                reason="boot: panic: [   10.657742] Kernel panic - not syncing: VFS")
+    put(store, o, {})
+    text, _ = report.write_all(store)
+    assert text.splitlines()[1].split() == ["v6.1.192", "boot", "panic"]
+    assert "why v6.1.192 x86_64/base: boot: panic" in text
+
+
+def test_an_unreadable_metadata_file_is_left_out_of_the_report_not_a_crash(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    put(store, outcome("v1", 0, "x86_64"), {"a": Status.PASS})
+    put(store, outcome("v2", 1, "x86_64"), {"a": Status.PASS})
+    (tmp_path / "targets/v2__x86_64__base/metadata.json").write_text('{"schema": 2, "na')
+    text, _ = report.write_all(store)
+    assert "v1" in text and "v2" not in text

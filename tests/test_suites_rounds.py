@@ -7,7 +7,7 @@ from pathlib import Path
 from harness.junit import Case
 from harness.results import Status
 from harness.ssh import CommandResult
-from harness.suites import BLINDED, Pending, Rounds, blinded
+from harness.suites import BLINDED, Guard, Install, Pending, Rounds, blinded
 
 SKIP = f'<skipped message="kernel 6.1.192 lacks 8766733641: {BLINDED}, a new report ..."/>'
 FULL = """<testsuites><testsuite name="pytest">
@@ -23,6 +23,15 @@ C_FULL = ("TAP version 13\n1..2\nok 1 - sleepable_uaf\n"
 C_RERUN = "TAP version 13\n1..1\nok 1 - race_kprobe\n"
 
 
+PY = ("test_map_in_map_free.py::test_deterministic", "test_map_in_map_free.py::test_race",
+      "test_map_in_map_basic.py::test_lookup")
+C = ("map_in_map::sleepable_uaf", "map_in_map::race_kprobe")
+
+
+def one_boot(rounds: Rounds, guest: "Guest", out: Path, binary: Path | None = None) -> None:
+    rounds.run(guest, out, Install({}, binary), Guard(), lambda: None)
+
+
 class Guest:
     """One boot: answers the suites' commands; KASAN taints it when a UAF test runs."""
 
@@ -31,7 +40,8 @@ class Guest:
         self.tainted = tainted_at_boot
         self.race_blind_again = race_blind_again
 
-    def run(self, command: str, timeout: float = 60.0, check: bool = False) -> CommandResult:
+    def run(self, command: str, timeout: float = 60.0, check: bool = False,
+            watch: object = None, limit: int = 0) -> CommandResult:
         self.commands.append(command)
         out = ""
         if "kernel/tainted" in command:
@@ -57,16 +67,16 @@ class Guest:
 def test_blind_tests_are_rerun_on_fresh_boots_and_replace_their_skips(tmp_path: Path) -> None:
     binary = tmp_path / "bpf_map_in_map"
     binary.write_bytes(b"\x7fELF fake")
-    rounds = Rounds(with_c=True)
+    rounds = Rounds({"python": PY, "c": C})
     guests = []
     while not rounds.done():
         guests.append(Guest())
-        rounds.run(guests[-1], tmp_path, {}, binary)  # type: ignore[arg-type]
+        one_boot(rounds, guests[-1], tmp_path, binary)
     # python (taints) | the blind race | C (taints) | the blind C race
     assert len(guests) == 4
     assert "pytest python/test_map_in_map_free.py::test_race " in guests[1].commands[-2]
     assert guests[3].commands[-1].endswith("./c/bpf_map_in_map race_kprobe")
-    result = rounds.result()
+    result = rounds.result("")
     assert [(c.nodeid, c.status) for c in result.cases] == [
         ("test_map_in_map_free::test_deterministic", Status.PASS),
         ("test_map_in_map_free::test_race", Status.PASS),
@@ -77,13 +87,13 @@ def test_blind_tests_are_rerun_on_fresh_boots_and_replace_their_skips(tmp_path: 
 
 
 def test_a_rerun_left_blind_again_is_not_repeated(tmp_path: Path) -> None:
-    rounds = Rounds(with_c=False)
+    rounds = Rounds({"python": PY})
     boots = 0
     while not rounds.done():
         boots += 1
         assert boots <= 2
-        rounds.run(Guest(race_blind_again=True), tmp_path, {})  # type: ignore[arg-type]
-    race = [c for c in rounds.result().cases if c.name == "test_race"]
+        one_boot(rounds, Guest(race_blind_again=True), tmp_path)
+    race = [c for c in rounds.result("").cases if c.name == "test_race"]
     assert boots == 2 and race[0].status is Status.SKIP and BLINDED in race[0].message
 
 
@@ -94,19 +104,19 @@ def test_blind_cases_are_selected_as_each_suite_names_them() -> None:
                   message="no userfaultfd"),
              Case("c", "map_in_map", "race_kprobe", Status.SKIP, message=BLINDED),
              Case("c", "map_in_map", "spin_lock", Status.PASS, message=BLINDED))
-    assert blinded(cases) == ("python/test_map_in_map_free.py::TestRaces::test_race[kprobe]",
-                              "race_kprobe")
+    assert blinded(cases) == ("test_map_in_map_free.py::TestRaces::test_race[kprobe]",
+                              "map_in_map::race_kprobe")
     assert Pending("c").only == ()
 
 
 def test_a_fresh_boot_tainted_while_booting_runs_nothing_and_the_next_one_does(
         tmp_path: Path) -> None:
-    rounds = Rounds(with_c=False)
-    rounds.run(Guest(), tmp_path, {})  # type: ignore[arg-type]
+    rounds = Rounds({"python": PY})
+    one_boot(rounds, Guest(), tmp_path)
     spoiled = Guest(tainted_at_boot=True)
-    rounds.run(spoiled, tmp_path, {})  # type: ignore[arg-type]
+    one_boot(rounds, spoiled, tmp_path)
     assert not any("pytest" in c for c in spoiled.commands) and not rounds.done()
-    rounds.run(Guest(), tmp_path, {})  # type: ignore[arg-type]
-    race = [c for c in rounds.result().cases if c.name == "test_race"]
+    one_boot(rounds, Guest(), tmp_path)
+    race = [c for c in rounds.result("").cases if c.name == "test_race"]
     assert rounds.done() and race[0].status is Status.PASS
-    assert "KASAN had reported before any test" in rounds.result().log
+    assert "KASAN had reported before any test" in rounds.result("").log

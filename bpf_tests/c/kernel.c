@@ -1,8 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Which commits the kernel under test carries, decided from its identity (uname
- * release, an optional list of commit ids), never from the behaviour being tested:
- * the same rules as bpf_tests/python/bpfkit/expect.py, so both suites agree. */
+/* Which declared upstream commits the kernel under test carries: read from the file
+ * BPFLAB_COMMITS names, never decided here. The lab decides on the host
+ * (harness/commits.py: a variant's reverts and backports, git ancestry, release
+ * numbers and the stable table of bpf_tests/commits.yaml) and writes
+ *
+ *     # comment lines (release, variant, how it was decided)
+ *     <id> present|absent <why>
+ *
+ * the same file the Python suite reads (bpf_tests/python/bpfkit/expect.py). */
 #include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,32 +18,24 @@
 
 #include "suite.h"
 
-/* "6.1.192", "6.18.44-fc-v669", "7.3.0-rc7+" -> numbers; an -rc of X.Y counts as
- * X.Y. Debian's own "6.1.0-28-amd64" names the real sublevel in uname -v
- * ("... Debian 6.1.192-1 ..."): that one wins when the series match. */
-int kernel_parse_release(const char *release, const char *version, struct kernel *k)
-{
-	int maj = 0, min = 0, patch = 0, n = 0;
-	const char *deb;
+#define HOW_TO_WRITE                                                                   \
+	"the lab writes it for every kernel it boots (harness/commits.py). By hand, in "  \
+	"the project on the host: .venv/bin/python -m harness.commits RELEASE > "         \
+	"commits.txt with the guest's uname -r as RELEASE (--help: --variant, --reverts, " \
+	"--backports, --git/--sha), then BPFLAB_COMMITS=/path/to/commits.txt in the "      \
+	"guest; or write it yourself, one line '<id> present|absent <why>' per id in "    \
+	"bpf_tests/commits.yaml"
 
-	if (sscanf(release, "%d.%d%n", &maj, &min, &n) != 2)
-		return -1;
-	if (release[n] == '.')
-		sscanf(release + n + 1, "%d", &patch);
-	deb = version ? strstr(version, "Debian ") : NULL;
-	if (deb) {
-		int dmaj, dmin, dpatch;
-
-		if (sscanf(deb + 7, "%d.%d.%d", &dmaj, &dmin, &dpatch) == 3 &&
-		    dmaj == maj && dmin == min)
-			patch = dpatch;
-	}
-	k->major = maj;
-	k->minor = min;
-	k->patch = patch;
-	snprintf(k->release, sizeof(k->release), "%s", release);
-	return 0;
-}
+/* The ids the file must list: every TEST and USES line of tests.def. */
+static const struct {
+	const char *test, *id;
+} declared[] = {
+#define TEST(name, id, fn) { #name, id },
+#define USES(name, id) { #name, id },
+#include "tests.def"
+#undef TEST
+#undef USES
+};
 
 static bool is_commit_id(const char *w)
 {
@@ -49,56 +49,6 @@ static bool is_commit_id(const char *w)
 	return true;
 }
 
-/* One id per line, '#' starts a comment. A malformed line is a setup error: a
- * mistyped list must not silently turn into "commit absent". */
-static int read_ancestors(struct kernel *k, const char *path)
-{
-	char line[256], word[64];
-	FILE *f = fopen(path, "r");
-
-	if (!f)
-		return -1;
-	k->ancestors = calloc(MAX_ANCESTORS, sizeof(*k->ancestors));
-	if (!k->ancestors) {
-		fclose(f);
-		return -1;
-	}
-	while (fgets(line, sizeof(line), f) && k->n_ancestors < MAX_ANCESTORS) {
-		char *hash = strchr(line, '#');
-
-		if (hash)
-			*hash = '\0';
-		if (sscanf(line, "%63s", word) != 1)
-			continue;
-		if (!is_commit_id(word)) {
-			fprintf(stderr, "%s: '%s' is not a commit id\n", path, word);
-			fclose(f);
-			return -1;
-		}
-		for (char *p = word; *p; p++)
-			*p = (char)tolower((unsigned char)*p);
-		snprintf(k->ancestors[k->n_ancestors++], 41, "%.40s", word);
-	}
-	fclose(f);
-	k->has_list = true;
-	return 0;
-}
-
-int kernel_load(struct kernel *k, const char *has_commits_path)
-{
-	struct utsname u;
-
-	memset(k, 0, sizeof(*k));
-	if (uname(&u) || kernel_parse_release(u.release, u.version, k))
-		return -1;
-	snprintf(k->arch, sizeof(k->arch), "%s", u.machine);
-	if (kernel_set_variant(k, getenv(REVERTED_ENV), getenv(BACKPORTED_ENV)))
-		return -1;
-	if (has_commits_path && *has_commits_path)
-		return read_ancestors(k, has_commits_path);
-	return 0;
-}
-
 /* Short and full ids match by prefix, at least 7 hex digits. */
 static bool same_commit(const char *a, const char *b)
 {
@@ -107,87 +57,145 @@ static bool same_commit(const char *a, const char *b)
 	return n >= 7 && strncasecmp(a, b, n) == 0;
 }
 
-/* Space-separated commit ids; a malformed one is a setup error, as in the list. */
-static int read_ids(const char *env, const char *ids, char (*out)[41], int *n_out)
+static char *trim(char *s)
 {
-	char word[64];
+	char *end = s + strlen(s);
+
+	while (isspace((unsigned char)*s))
+		s++;
+	while (end > s && isspace((unsigned char)end[-1]))
+		*--end = '\0';
+	return s;
+}
+
+/* One "<id> present|absent <why>" line into k; a malformed one is an error: a
+ * mistyped file must not silently turn into "commit absent". */
+static int parse_line(struct kernel *k, char *line, int number, char *err, size_t len)
+{
+	char id[64], state[16];
+	struct presence *p;
 	int n = 0;
 
-	*n_out = 0;
-	while (ids && sscanf(ids, " %63s%n", word, &n) == 1) {
-		if (!is_commit_id(word) || *n_out == MAX_VARIANT_IDS) {
-			fprintf(stderr, "%s: '%s' is not a commit id (or too many)\n", env, word);
-			return -1;
-		}
-		for (char *p = word; *p; p++)
-			*p = (char)tolower((unsigned char)*p);
-		snprintf(out[(*n_out)++], 41, "%.40s", word);
-		ids += n;
-	}
-	return 0;
-}
-
-/* The commits a variant's patches undo and bring (the lab's BPFLAB_REVERTED_COMMITS
- * and BPFLAB_BACKPORTED_COMMITS). */
-int kernel_set_variant(struct kernel *k, const char *reverted, const char *backported)
-{
-	if (read_ids(REVERTED_ENV, reverted, k->reverted, &k->n_reverted) ||
-	    read_ids(BACKPORTED_ENV, backported, k->backported, &k->n_backported))
+	if (sscanf(line, "%63s %15s%n", id, state, &n) != 2 || !is_commit_id(id) ||
+	    (strcmp(state, "present") && strcmp(state, "absent"))) {
+		snprintf(err, len, "%s:%d: expected '<id> present|absent <why>' (id of 7-40 "
+			 "hex digits), got '%.80s'", k->path, number, line);
 		return -1;
-	for (int i = 0; i < k->n_reverted; i++)
-		for (int j = 0; j < k->n_backported; j++)
-			if (same_commit(k->reverted[i], k->backported[j])) {
-				fprintf(stderr, "%s and %s both name %s\n", REVERTED_ENV,
-					BACKPORTED_ENV, k->reverted[i]);
-				return -1;
-			}
+	}
+	if (kernel_find(k, id)) {
+		snprintf(err, len, "%s:%d: %s is listed twice", k->path, number, id);
+		return -1;
+	}
+	if (k->n_commits == MAX_COMMITS) {
+		snprintf(err, len, "%s:%d: more than %d commits", k->path, number, MAX_COMMITS);
+		return -1;
+	}
+	p = &k->commits[k->n_commits++];
+	for (char *c = id; *c; c++)
+		*c = (char)tolower((unsigned char)*c);
+	snprintf(p->id, sizeof(p->id), "%s", id);
+	p->present = strcmp(state, "present") == 0;
+	snprintf(p->why, sizeof(p->why), "%s", *trim(line + n) ? trim(line + n) : "no reason given");
 	return 0;
 }
 
-static void parse_series(const char *s, int *maj, int *min, int *patch)
+int kernel_read_commits(struct kernel *k, const char *path, char *err, size_t len)
 {
-	*maj = *min = *patch = 0;
-	sscanf(s, "%d.%d.%d", maj, min, patch);
+	char buf[512];
+	int number = 0, ret = 0;
+	FILE *f = fopen(path, "r");
+
+	if (!f) {
+		snprintf(err, len, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	snprintf(k->path, sizeof(k->path), "%s", path);
+	while (!ret && fgets(buf, sizeof(buf), f)) {
+		bool whole = strchr(buf, '\n') || feof(f);
+		char *line = trim(buf);
+
+		number++;
+		if (!whole) {
+			snprintf(err, len, "%s:%d: line longer than %zu characters", path, number,
+				 sizeof(buf) - 2);
+			ret = -1;
+		} else if (*line == '#') {
+			if (k->n_notes < MAX_NOTES)
+				snprintf(k->notes[k->n_notes++], sizeof(k->notes[0]), "%s",
+					 trim(line + 1));
+		} else if (*line) {
+			ret = parse_line(k, line, number, err, len);
+		}
+	}
+	fclose(f);
+	return ret;
 }
 
+static void bail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+static void bail(const char *fmt, ...)
+{
+	va_list ap;
+
+	printf("Bail out! ");
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	printf("\n");
+	fflush(stdout);
+	exit(2);
+}
+
+/* uname, and the commits file; without them the suite cannot run (exit 2). */
+void kernel_load_or_bail(struct kernel *k)
+{
+	const char *path = getenv(COMMITS_ENV);
+	struct utsname u;
+	char err[512];
+
+	memset(k, 0, sizeof(*k));
+	if (uname(&u) || sscanf(u.release, "%d.%d", &k->major, &k->minor) != 2)
+		bail("cannot read the kernel release (uname)");
+	snprintf(k->release, sizeof(k->release), "%s", u.release);
+	snprintf(k->arch, sizeof(k->arch), "%s", u.machine);
+	if (!path || !*path)
+		bail("%s is not set: it names the file saying which declared upstream commits "
+		     "the kernel under test carries; %s", COMMITS_ENV, HOW_TO_WRITE);
+	if (kernel_read_commits(k, path, err, sizeof(err)))
+		bail("%s: %s", COMMITS_ENV, err);
+}
+
+/* Every id tests.def names must be in the file, whichever tests run. */
+void kernel_require_declared(const struct kernel *k)
+{
+	for (size_t i = 0; i < sizeof(declared) / sizeof(declared[0]); i++)
+		if (!kernel_find(k, declared[i].id))
+			bail("%s declares %s, which the commits file %s does not list: every id "
+			     "in bpf_tests/commits.yaml needs a line there", declared[i].test,
+			     declared[i].id, k->path);
+}
+
+const struct presence *kernel_find(const struct kernel *k, const char *id)
+{
+	for (int i = 0; i < k->n_commits; i++)
+		if (same_commit(k->commits[i].id, id))
+			return &k->commits[i];
+	return NULL;
+}
+
+/* Only ids tests.def declares are asked about, and kernel_require_declared checked
+ * them: a miss here is the suite's own bug. */
+bool kernel_has(const struct kernel *k, const char *id)
+{
+	const struct presence *p = kernel_find(k, id);
+
+	if (!p)
+		bail("%s is not in the commits file %s: declare it in tests.def", id, k->path);
+	return p->present;
+}
+
+/* The release numbers, for what a test can attach to on this kernel (arm64 fentry),
+ * never for which commits it has. */
 bool kernel_at_least(const struct kernel *k, int major, int minor)
 {
 	return k->major > major || (k->major == major && k->minor >= minor);
-}
-
-bool kernel_has(const struct kernel *k, const struct commit *c)
-{
-	int maj, min, patch;
-	char series[16];
-
-	for (int i = 0; i < k->n_reverted; i++)
-		if (same_commit(k->reverted[i], c->id))
-			return false;
-	for (int i = 0; i < k->n_backported; i++)
-		if (same_commit(k->backported[i], c->id))
-			return true;
-	if (k->has_list) {
-		for (int i = 0; i < k->n_ancestors; i++)
-			if (same_commit(k->ancestors[i], c->id))
-				return true;
-		return false;
-	}
-	parse_series(c->mainline, &maj, &min, &patch);
-	if (kernel_at_least(k, maj, min))
-		return true;
-	snprintf(series, sizeof(series), "%d.%d", k->major, k->minor);
-	if (!c->stable_series || strcmp(series, c->stable_series) != 0)
-		return false;
-	parse_series(c->stable_release, &maj, &min, &patch);
-	return k->patch >= patch;
-}
-
-void commit_describe(const struct commit *c, char *buf, size_t len)
-{
-	if (c->stable_series)
-		snprintf(buf, len, "%s \"%s\" (mainline v%s, %s.y from %s)", c->id, c->title,
-			 c->mainline, c->stable_series, c->stable_release);
-	else
-		snprintf(buf, len, "%s \"%s\" (mainline v%s, not backported)", c->id, c->title,
-			 c->mainline);
 }

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-/* The TAP runner: the test table, kmsg markers around each test, libbpf's log kept
+/* The TAP runner: the test table (tests.def), kmsg markers around each test, libbpf's log kept
  * for diagnostics, and the helpers the tests share. Exit 0 when all passed, 1 when
  * a test failed, 2 when the suite could not run at all. */
 #include <errno.h>
@@ -15,26 +15,12 @@
 #include "suite.h"
 #include "map_in_map.skel.h"
 
-static const struct commit spin_lock_commit = {
-	"b7ff97925b", "bpf: Allow locking bpf_spin_lock in inner map values", "6.2", NULL, NULL,
-};
-static const struct commit timer_commit = {
-	"40ec00abf1", "bpf: Remember BTF of inner maps.", "5.15", NULL, NULL,
-};
-static const struct commit kptr_commit = {
-	"61df10c779", "bpf: Allow storing unreferenced kptr in map", "5.19", NULL, NULL,
-};
-static const struct commit uaf_commit = {
-	"8766733641", "bpf: Defer the free of inner map when necessary", "6.8", "6.1", "6.1.75",
-};
-
 static const struct test tests[] = {
-	{ "spin_lock_in_inner_map", &spin_lock_commit, test_spin_lock },
-	{ "timer_in_inner_map", &timer_commit, test_timer },
-	{ "kptr_in_inner_map", &kptr_commit, test_kptr },
-	{ "sleepable_uaf_inner_map_free", &uaf_commit, test_uaf_sleepable },
-	{ "race_kprobe_inner_map_free", &uaf_commit, test_race_kprobe },
-	{ "race_sleepable_fentry_inner_map_free", &uaf_commit, test_race_fentry_sleepable },
+#define TEST(name, id, fn) { #name, id, fn },
+#define USES(name, id)
+#include "tests.def"
+#undef TEST
+#undef USES
 };
 #define N_TESTS (int)(sizeof(tests) / sizeof(tests[0]))
 
@@ -90,16 +76,13 @@ void libbpf_log_dump(int max_lines)
 
 enum outcome expect_mismatch(struct test_ctx *t, const char *expected, const char *observed)
 {
-	char what[256];
-	bool has = kernel_has(t->kernel, t->commit);
+	const struct presence *p = kernel_find(t->kernel, t->commit);
 
 	libbpf_log_dump(16);
-	commit_describe(t->commit, what, sizeof(what));
-	diag("commit %s", what);
 	/* Last, because the harness takes the last diagnostic as the failure message. */
-	diag("expected %s, observed %s: kernel %s %s %s (by %s)", expected, observed,
-	     t->kernel->release, has ? "has" : "lacks", t->commit->id,
-	     t->kernel->has_list ? HAS_COMMITS_ENV " list" : "release");
+	diag("expected %s, observed %s: kernel %s %s %s (%s)", expected, observed,
+	     t->kernel->release, kernel_has(t->kernel, t->commit) ? "has" : "lacks", t->commit,
+	     p ? p->why : "");
 	return OUT_FAIL;
 }
 
@@ -241,15 +224,13 @@ static bool selected(const char *name, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-	struct kernel k;
+	static struct kernel k;
 	int planned = 0, number = 0, failed = 0;
 
 	setvbuf(stdout, NULL, _IOLBF, 0); /* keep TAP and kmsg markers in step */
 	printf("TAP version 13\n");
-	if (kernel_load(&k, getenv(HAS_COMMITS_ENV))) {
-		printf("Bail out! cannot read the kernel identity (uname, %s)\n", HAS_COMMITS_ENV);
-		return 2;
-	}
+	kernel_load_or_bail(&k);
+	kernel_require_declared(&k);
 	if (geteuid() != 0) {
 		printf("Bail out! the suite needs root (bpf(), /dev/kmsg, userfaultfd)\n");
 		return 2;
@@ -258,8 +239,10 @@ int main(int argc, char **argv)
 	for (int i = 0; i < N_TESTS; i++)
 		planned += selected(tests[i].name, argc, argv);
 	printf("1..%d\n", planned);
-	diag("kernel %s (%d.%d.%d) on %s, commits by %s", k.release, k.major, k.minor,
-	     k.patch, k.arch, k.has_list ? HAS_COMMITS_ENV " list" : "release");
+	diag("kernel %s on %s, commits from %s=%s", k.release, k.arch, COMMITS_ENV, k.path);
+	for (int i = 0; i < k.n_notes; i++)
+		if (strchr(k.notes[i], ':'))
+			diag("%s", k.notes[i]);
 	for (int i = 0; i < N_TESTS; i++)
 		if (selected(tests[i].name, argc, argv))
 			failed += run_one(&k, &tests[i], ++number) == OUT_FAIL;

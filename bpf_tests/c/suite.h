@@ -1,65 +1,62 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* The C map-in-map suite: kernel identity, declared commits, the test table and the
- * helpers every test shares (TAP diagnostics, one-program skeleton loading). */
+/* The C map-in-map suite: the kernel under test and its commits file, the test table
+ * (tests.def) and the helpers every test shares (TAP diagnostics, one-program
+ * skeleton loading). */
 #ifndef SUITE_H
 #define SUITE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <linux/types.h>
 
-#define HAS_COMMITS_ENV "BPFLAB_HAS_COMMITS"
-#define REVERTED_ENV "BPFLAB_REVERTED_COMMITS" /* ids a fault-injection variant undoes */
-#define BACKPORTED_ENV "BPFLAB_BACKPORTED_COMMITS" /* ids a variant's patches bring */
-#define MAX_ANCESTORS 4096
-#define MAX_VARIANT_IDS 16
+#define COMMITS_ENV "BPFLAB_COMMITS" /* the lab's commits file (harness/commits.py) */
+#define MAX_COMMITS 256
+#define MAX_NOTES 8
 #define TAINT_BAD_PAGE (1UL << 5) /* taint bit 5: set by KASAN reports */
 
-/* An upstream commit: the first mainline release with it and, where it was
- * backported, the 6.1.y (or other series) release that has it. */
-struct commit {
-	const char *id;
-	const char *title;
-	const char *mainline;        /* "6.2" */
-	const char *stable_series;   /* "6.1", or NULL when not backported */
-	const char *stable_release;  /* "6.1.75" */
+/* One line of the commits file: "<id> present|absent <why>". The lab decided it on
+ * the host; the suite only reads it. */
+struct presence {
+	char id[41];
+	bool present;
+	char why[200];
 };
 
-/* The kernel under test, by identity only: its release and, when the harness knows
- * them, the commits it carries (a file named by BPFLAB_HAS_COMMITS). */
+/* The kernel under test: what uname says (named in messages; the arch and release
+ * numbers only decide what a test can attach to, never which commits it has) and
+ * the commits file. */
 struct kernel {
-	int major, minor, patch;
+	int major, minor;
 	char release[65];
 	char arch[65];
-	bool has_list;
-	int n_ancestors;
-	char (*ancestors)[41];
-	int n_reverted;   /* absent whatever the release or the list says */
-	char reverted[MAX_VARIANT_IDS][41];
-	int n_backported; /* present whatever the release or the list says */
-	char backported[MAX_VARIANT_IDS][41];
+	char path[256];
+	int n_commits;
+	struct presence commits[MAX_COMMITS];
+	int n_notes; /* the file's comment lines: release, variant, how it was decided */
+	char notes[MAX_NOTES][200];
 };
 
 enum outcome { OUT_PASS, OUT_FAIL, OUT_SKIP };
 
 struct test_ctx {
 	const struct kernel *kernel;
-	const struct commit *commit;
+	const char *commit; /* the id the test's TEST line names */
 	char skip_reason[160];
 };
 
 struct test {
 	const char *name;
-	const struct commit *commit;
+	const char *commit;
 	enum outcome (*run)(struct test_ctx *t);
 };
 
 /* kernel.c */
-int kernel_parse_release(const char *release, const char *version, struct kernel *k);
-int kernel_load(struct kernel *k, const char *has_commits_path);
-int kernel_set_variant(struct kernel *k, const char *reverted, const char *backported);
-bool kernel_has(const struct kernel *k, const struct commit *c);
+int kernel_read_commits(struct kernel *k, const char *path, char *err, size_t len);
+void kernel_load_or_bail(struct kernel *k);
+void kernel_require_declared(const struct kernel *k);
+const struct presence *kernel_find(const struct kernel *k, const char *id);
+bool kernel_has(const struct kernel *k, const char *id);
 bool kernel_at_least(const struct kernel *k, int major, int minor);
-void commit_describe(const struct commit *c, char *buf, size_t len);
 
 /* runner.c */
 void diag(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -144,8 +144,8 @@ static enum outcome kptr_new(struct test_ctx *t, struct map_in_map *skel, bool n
 
 enum outcome test_kptr(struct test_ctx *t)
 {
-	/* The tag spelling follows the release (6.3 renamed it); it is not what is tested. */
-	bool new_tag = kernel_at_least(t->kernel, 6, 3);
+	/* The tag's spelling follows 03b77e17ae (tests.def: USES); it is not what is tested. */
+	bool new_tag = kernel_has(t->kernel, "03b77e17ae");
 	static const char *const old_maps[] = { "kptr_inner_old_tag", "kptr_outer_old_tag", NULL };
 	static const char *const new_maps[] = { "kptr_inner_new_tag", "kptr_outer_new_tag", NULL };
 	struct map_in_map *skel = skel_open_one(new_tag ? "kptr_inner_new_tag_prog" :
@@ -156,7 +156,8 @@ enum outcome test_kptr(struct test_ctx *t)
 
 	if (!skel)
 		return open_failed(t);
-	diag("kptr tag \"%s\" (release %s)", new_tag ? "kptr_untrusted" : "kptr", t->kernel->release);
+	diag("kptr tag \"%s\" (kernel %s 03b77e17ae)", new_tag ? "kptr_untrusted" : "kptr",
+	     new_tag ? "has" : "lacks");
 	err = map_in_map__load(skel);
 	snprintf(seen, sizeof(seen), "load failed: %s (%d)", errstr(err), err);
 	if (!kernel_has(t->kernel, t->commit))

@@ -197,6 +197,10 @@ enum outcome test_uaf_sleepable(struct test_ctx *t)
 		diag("cannot open the BPF skeleton: %s", strerror(errno));
 		return OUT_FAIL;
 	}
+	if (before & TAINT_BAD_PAGE) { /* blind: no use writing into freed memory */
+		out = judge_uaf(t, before, before, false);
+		goto out;
+	}
 	if ((err = map_in_map__load(skel))) {
 		diag("the sleepable program did not load: %s (%d)", strerror(-err), err);
 		libbpf_log_dump(16);

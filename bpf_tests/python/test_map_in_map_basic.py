@@ -15,7 +15,7 @@ from bpfkit.sysbpf import (ENOTSUPP, F_INNER_MAP, MAP_CGROUP_STORAGE,
                            create_map, errno_of, u32)
 
 
-@introduced("56f668dfe0", mainline="4.12")
+@introduced("56f668dfe0")
 @pytest.mark.parametrize("kind", ["array", "hash"])
 def test_outer_maps_take_an_inner_template_and_check_inserted_maps(
         commits: Declared, kind: str) -> None:
@@ -34,7 +34,7 @@ def test_outer_maps_take_an_inner_template_and_check_inserted_maps(
     commits["56f668dfe0"].same(first_key, 0 if kind == "array" else 1)
 
 
-@introduced("14dc6f04f4", mainline="4.13")
+@introduced("14dc6f04f4")
 def test_syscall_lookup_on_an_outer_map_returns_the_inner_map_id(commits: Declared) -> None:
     inner = maps.array()
     outer = maps.outer(inner, 2)
@@ -58,9 +58,9 @@ def cgroup_storage(map_type: int) -> Map:
 
 @pytest.mark.parametrize("map_type, commit", [
     pytest.param(MAP_CGROUP_STORAGE, "7b5dd2bde7", id="shared",
-                 marks=introduced("7b5dd2bde7", mainline="4.19")),
+                 marks=introduced("7b5dd2bde7")),
     pytest.param(MAP_PERCPU_CGROUP_STORAGE, "c6fdcd6e0c", id="percpu",
-                 marks=introduced("c6fdcd6e0c", mainline="4.20")),
+                 marks=introduced("c6fdcd6e0c")),
 ])
 def test_cgroup_storage_maps_are_refused_as_inner_maps(
         commits: Declared, map_type: int, commit: str) -> None:
@@ -69,7 +69,7 @@ def test_cgroup_storage_maps_are_refused_as_inner_maps(
     commits[commit].check(observed, new=ENOTSUPP, old=0)
 
 
-@introduced("56f668dfe0", mainline="4.12")
+@introduced("56f668dfe0")
 def test_outer_maps_and_prog_arrays_are_refused_as_inner_maps(commits: Declared) -> None:
     prog_array = create_map(MAP_PROG_ARRAY, 4, 4, 1)
     try:
@@ -82,15 +82,15 @@ def test_outer_maps_and_prog_arrays_are_refused_as_inner_maps(commits: Declared)
                                 old=(errno.EINVAL, errno.EINVAL))
 
 
-@introduced("134fede4ee", mainline="5.10")
+@introduced("134fede4ee")
 def test_hash_inner_maps_may_differ_in_max_entries(commits: Declared) -> None:
     outer = maps.outer(maps.hash_(max_entries=1), kind="hash")
     observed = errno_of(lambda: maps.put(outer, 0, maps.hash_(max_entries=2)))
     commits["134fede4ee"].check(observed, new=0, old=errno.EINVAL)
 
 
-@introduced("4a8f87e60f", mainline="5.10")  # BPF_F_INNER_MAP (arraymap.c)
-@introduced("134fede4ee", mainline="5.10")
+@introduced("4a8f87e60f")  # BPF_F_INNER_MAP (arraymap.c)
+@introduced("134fede4ee")
 def test_array_inner_maps_need_equal_max_entries_unless_flagged_inner(
         commits: Declared) -> None:
     # ARRAY keeps its own map_meta_equal: the inlined lookup bakes max_entries in.
@@ -111,7 +111,7 @@ REFS_BUDGET_S = 120.0
 
 
 @pytest.mark.slow
-@introduced("1e0bd5a091", mainline="5.5")
+@introduced("1e0bd5a091")
 def test_one_map_can_be_referenced_more_than_32k_times(commits: Declared) -> None:
     # fds from MAP_GET_FD_BY_ID, not outer map slots: each map-in-map update waits
     # for an RCU grace period, which makes 33k of them take minutes.

@@ -18,8 +18,8 @@ from bpfkit.sysbpf import (BTF_GET_NEXT_ID, ENOTSUPP, MAP_STRUCT_OPS, PROG_SOCKE
 PROG_SCHED_CLS = 3  # bpf_spin_lock is refused in socket filters, fine in tc programs
 
 
-@introduced("b7ff97925b", mainline="6.2")
-@introduced("d83525ca62", mainline="5.1")
+@introduced("b7ff97925b")
+@introduced("d83525ca62")
 def test_spin_lock_in_inner_map_values(commits: Declared) -> None:
     inner, _ = value_map("spin_lock")
     created = errno_of(lambda: maps.outer(inner))
@@ -38,8 +38,8 @@ def test_spin_lock_in_inner_map_values(commits: Declared) -> None:
     commits["b7ff97925b"].same(verdict, "program locking the inner value verifies")
 
 
-@introduced("a115d0ed72", mainline="5.1")
-@introduced("d83525ca62", mainline="5.1")
+@introduced("a115d0ed72")
+@introduced("d83525ca62")
 def test_inner_value_offset_zero_is_readable_when_it_holds_no_spin_lock(
         commits: Declared) -> None:
     # Before a115d0ed72 the template's spin_lock_off was 0 (never copied), so the
@@ -51,7 +51,7 @@ def test_inner_value_offset_zero_is_readable_when_it_holds_no_spin_lock(
     commits["a115d0ed72"].check(observed, new=0, old=old)
 
 
-@introduced("68134668c1", mainline="5.15")
+@introduced("68134668c1")
 def test_timer_template_refuses_inner_maps_without_the_timer(commits: Declared) -> None:
     template, _ = value_map("timer")
     outer = maps.outer(template, 2)
@@ -62,8 +62,8 @@ def test_timer_template_refuses_inner_maps_without_the_timer(commits: Declared) 
     commits["68134668c1"].check(observed, new=(0, errno.EINVAL), old=(0, 0))
 
 
-@introduced("40ec00abf1", mainline="5.15")
-@introduced("68134668c1", mainline="5.15")
+@introduced("40ec00abf1")
+@introduced("68134668c1")
 def test_program_can_init_a_timer_in_an_inner_map_value(commits: Declared) -> None:
     # The verifier refuses bpf_timer_init on a map without BTF ("has to have BTF in
     # order to use bpf_timer"): for inner maps that BTF is the template's, kept by
@@ -88,7 +88,7 @@ def wait_gone(ident: int, timeout: float) -> bool:
     return False
 
 
-@introduced("40ec00abf1", mainline="5.15")
+@introduced("40ec00abf1")
 def test_outer_map_keeps_the_inner_template_btf_alive(commits: Declared) -> None:
     inner, blob = value_map("none")
     ident = btf_id(blob.fd)
@@ -102,8 +102,8 @@ def test_outer_map_keeps_the_inner_template_btf_alive(commits: Declared) -> None
     commits["40ec00abf1"].check((alive, gone_after), new=(True, True), old=(False, True))
 
 
-@introduced("03b77e17ae", mainline="6.3")  # kptr tag renamed: "kptr" -> "kptr_untrusted"
-@introduced("61df10c779", mainline="5.19")
+@introduced("03b77e17ae")  # kptr tag renamed: "kptr" -> "kptr_untrusted"
+@introduced("61df10c779")
 def test_kptr_template_refuses_inner_maps_without_the_kptr(commits: Declared) -> None:
     if not os.path.exists(VMLINUX_BTF):
         pytest.skip("no vmlinux BTF (CONFIG_DEBUG_INFO_BTF unset): kptr targets resolve there")
@@ -118,7 +118,7 @@ def test_kptr_template_refuses_inner_maps_without_the_kptr(commits: Declared) ->
     commits["61df10c779"].check(observed, new=(0, errno.EINVAL), old=(0, 0))
 
 
-@introduced("85d33df357", mainline="5.6")
+@introduced("85d33df357")
 def test_struct_ops_maps_are_refused_as_inner_maps(commits: Declared) -> None:
     if not commits["85d33df357"].present:
         # The commit brought the map type and its refusal as inner map together.

@@ -13,8 +13,8 @@ from bpfkit.sysbpf import PROG_SOCKET_FILTER, Fd, Map, u32
 PACKET = bytes(64)  # test runs of socket filters need at least an Ethernet header
 
 
-@introduced("d937bc3449", mainline="6.0")  # arraymap.c: elem_size everywhere (the bug)
-@introduced("cba41bb78d", mainline="6.4", stable={"6.1": "6.1.34"})
+@introduced("d937bc3449")  # arraymap.c: elem_size everywhere (the bug)
+@introduced("cba41bb78d")
 def test_inlined_inner_array_lookup_reads_the_requested_element(
         commits: Declared, jit_enabled: None) -> None:
     # Without BPF_F_INNER_MAP the verifier inlines the inner lookup from the template,
@@ -64,7 +64,7 @@ def spectre_v1_on() -> None:
                     "(cpu_mitigations_off(), unrelated to map-in-map)")
 
 
-@introduced("9d5564ddcf", mainline="5.0")
+@introduced("9d5564ddcf")
 def test_inner_array_made_without_perfmon_or_sys_admin_is_index_masked(
         commits: Declared, jit_enabled: None, spectre_v1_on: None) -> None:
     # CAP_BPF stays: with kernel.unprivileged_bpf_disabled set, bpf() needs it at all.
@@ -72,8 +72,8 @@ def test_inner_array_made_without_perfmon_or_sys_admin_is_index_masked(
     commits["9d5564ddcf"].check(inner_masked(fds), new=True, old=False)
 
 
-@introduced("9d5564ddcf", mainline="5.0")
-@introduced("2c78ee898d", mainline="5.8")
+@introduced("9d5564ddcf")
+@introduced("2c78ee898d")
 def test_inner_array_made_with_perfmon_alone_is_not_masked(
         commits: Declared, jit_enabled: None, spectre_v1_on: None) -> None:
     # 2c78ee898d: bypass_spec_v1 = perfmon_capable(); before, only CAP_SYS_ADMIN bypassed.

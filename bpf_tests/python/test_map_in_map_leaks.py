@@ -48,9 +48,9 @@ def kptr_template(commits: Declared) -> tuple[Map, Fd]:
     return value_map("kptr", tag)
 
 
-@introduced("03b77e17ae", mainline="6.3")  # kptr tag renamed: "kptr" -> "kptr_untrusted"
-@introduced("61df10c779", mainline="5.19")  # kptrs: a template field that must be copied
-@introduced("aa3496accc", mainline="6.2")
+@introduced("03b77e17ae")  # kptr tag renamed: "kptr" -> "kptr_untrusted"
+@introduced("61df10c779")  # kptrs: a template field that must be copied
+@introduced("aa3496accc")
 def test_a_failed_copy_of_the_template_kptrs_fails_the_outer_map_creation(
         commits: Declared, record_property: Callable[[str, object], None]) -> None:
     kptr, _btf = kptr_template(commits)
@@ -72,10 +72,10 @@ def test_a_failed_copy_of_the_template_kptrs_fails_the_outer_map_creation(
     commits["aa3496accc"].check(extra, new=1, old=0)
 
 
-@introduced("03b77e17ae", mainline="6.3")
-@introduced("61df10c779", mainline="5.19")
-@introduced("aa3496accc", mainline="6.2")  # the error path of the copy (which leaked)
-@introduced("d48995723c", mainline="6.2")
+@introduced("03b77e17ae")
+@introduced("61df10c779")
+@introduced("aa3496accc")  # the error path of the copy (which leaked)
+@introduced("d48995723c")
 def test_outer_map_creation_failing_at_any_allocation_leaks_no_template(
         commits: Declared, record_property: Callable[[str, object], None]) -> None:
     template, _btf = kptr_template(commits)

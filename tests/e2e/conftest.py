@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Arch, load_arches, load_lab
+from typing import ContextManager
+
+from harness.boot import BootedGuest, GuestKit, boot, prepare_kit
+from harness.config import Arch, GuestSettings, load_arches, load_lab
 from harness.main import Session
 from harness.ops import Ops
 from harness.results import Status
@@ -43,3 +46,14 @@ def lab_kernel(arch: str) -> BuiltKernel:
     return BuiltKernel(ARCHES[arch], result.artifacts / "image", result.artifacts / "vmlinux",
                        str(result.meta["kernel_release"]), target.commit.name)
 
+
+
+def boot_kernel(kernel: BuiltKernel, settings: GuestSettings = GuestSettings(),
+                run_dir: Path | None = None) -> ContextManager[BootedGuest]:
+    """Boot one of the lab's kernels on the lab's rootfs (its kit prepared once)."""
+    return boot(kit_for(kernel.arch.name, kernel.image), kernel.image, settings, run_dir)
+
+
+@lru_cache(maxsize=None)
+def kit_for(arch: str, image: Path) -> GuestKit:
+    return prepare_kit(load_lab().workdir, ARCHES[arch], image, GuestSettings())

@@ -10,11 +10,12 @@ from typing import Iterator
 import pytest
 
 from harness.accel import probe_kvm
-from harness.boot import BootedGuest, BootOptions, boot
+from harness.boot import BootedGuest
+from harness.config import GuestSettings
 from harness.console import State
 from harness.ssh import CommandTimeout, GuestDropped, GuestSSH, HostKeyMismatch
 
-from .conftest import ARCHES, BuiltKernel, lab_kernel
+from .conftest import ARCHES, BuiltKernel, boot_kernel, lab_kernel
 
 pytestmark = pytest.mark.e2e
 ARCH_NAMES = ["x86_64", "arm64"]
@@ -27,7 +28,7 @@ def kernel(request: pytest.FixtureRequest) -> BuiltKernel:
 
 @pytest.fixture(scope="module")
 def guest(kernel: BuiltKernel, lab_workdir: Path) -> Iterator[BootedGuest]:
-    with boot(lab_workdir, kernel.arch, kernel.image) as booted:
+    with boot_kernel(kernel) as booted:
         yield booted
 
 
@@ -98,9 +99,9 @@ def test_the_root_disk_image_is_left_unchanged(guest: BootedGuest) -> None:
 def test_a_kernel_that_cannot_start_init_is_a_panic_within_seconds(
         arch: str, lab_workdir: Path) -> None:
     kernel = lab_kernel(arch)
-    options = BootOptions(cmdline_extra=("init=/nonexistent",), boot_timeout=120)
+    options = GuestSettings(cmdline_extra=("init=/nonexistent",), boot_timeout=120)
     started = time.monotonic()
-    with boot(lab_workdir, kernel.arch, kernel.image, options) as booted:
+    with boot_kernel(kernel, options) as booted:
         o = booted.outcome
     assert o.state is State.PANIC, o.reason
     assert "/nonexistent" in o.reason or "No working init" in o.reason
@@ -111,7 +112,7 @@ def test_a_kernel_that_cannot_start_init_is_a_panic_within_seconds(
 def test_a_guest_that_crashes_mid_command_raises_guest_dropped(
         arch: str, lab_workdir: Path) -> None:
     kernel = lab_kernel(arch)
-    with boot(lab_workdir, kernel.arch, kernel.image) as booted:
+    with boot_kernel(kernel) as booted:
         assert booted.outcome.ready, booted.outcome.reason
         with pytest.raises(GuestDropped):
             booted.ssh.run("echo c > /proc/sysrq-trigger; sleep 30", timeout=60)
@@ -134,9 +135,9 @@ def test_the_kvm_probe_reaches_a_verdict_within_fifteen_seconds(
 def test_a_kernel_waiting_forever_for_its_root_is_a_hang_after_the_silence(
         arch: str, lab_workdir: Path) -> None:
     kernel = lab_kernel(arch)
-    options = BootOptions(cmdline_extra=("root=/dev/nonexistent", "rootwait"),
+    options = GuestSettings(cmdline_extra=("root=/dev/nonexistent", "rootwait"),
                           silence_timeout=10)
-    with boot(lab_workdir, kernel.arch, kernel.image, options) as booted:
+    with boot_kernel(kernel, options) as booted:
         o = booted.outcome
     assert o.state is State.HANG, o.reason
     assert "silent" in o.reason
@@ -147,8 +148,8 @@ def test_a_kernel_waiting_forever_for_its_root_is_a_hang_after_the_silence(
 @pytest.mark.parametrize("arch", ARCH_NAMES)
 def test_the_stock_systemd_boot_reaches_ssh_too(arch: str, lab_workdir: Path) -> None:
     kernel = lab_kernel(arch)
-    options = BootOptions(init="systemd", boot_timeout=180, silence_timeout=60)
-    with boot(lab_workdir, kernel.arch, kernel.image, options) as booted:
+    options = GuestSettings(init="systemd", boot_timeout=180, silence_timeout=60)
+    with boot_kernel(kernel, options) as booted:
         assert booted.outcome.ready, booted.outcome.reason
         assert booted.ssh.run("systemctl is-system-running --wait; true").stdout.strip() \
             in ("running", "degraded")

@@ -14,7 +14,8 @@ import pytest
 from harness import junit, matrix
 from harness.boot import boot
 from harness.config import load_lab
-from harness.main import EXIT_OK, Session
+from harness.main import Session
+from harness.model import Selection, Verdict
 from harness.ops import Ops
 from harness.results import Status
 from harness.suites import BLINDED
@@ -23,23 +24,23 @@ pytestmark = pytest.mark.e2e
 PROJECT = Path(__file__).resolve().parents[2]
 
 
-def counting(calls: list[str]) -> Any:
+def counting(calls: list[str]) -> matrix.Seams:
     def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(str(args[2]))
+        calls.append(str(args[3]))
         return boot(*args, **kwargs)
-    return counted
+    return matrix.Seams(boot=counted)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, list[str]]]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Verdict, list[str]]]:
     run_dir = tmp_path_factory.mktemp("matrix") / "run"
     calls: list[str] = []
-    code = matrix.matrix(Session(load_lab(), Ops()), run_dir, False, None, None, None,
-                         counting(calls))
-    yield run_dir, code, calls
+    result = matrix.matrix(Session(load_lab(), Ops()), run_dir, False, Selection(),
+                           counting(calls))
+    yield run_dir, result.verdict, calls
 
 
-def test_every_target_of_the_default_lab_ran_as_expected(run: tuple[Path, int, list[str]]) -> None:
+def test_every_target_of_the_default_lab_ran_as_expected(run: tuple[Path, Verdict, list[str]]) -> None:
     run_dir, code, calls = run
     summary = json.loads((run_dir / "summary.json").read_text())
     labels = sorted(f"{t['name']} {t['arch']} {t['variant']}" for t in summary["targets"])
@@ -51,10 +52,10 @@ def test_every_target_of_the_default_lab_ran_as_expected(run: tuple[Path, int, l
     # report for the tests it left blind and the rest (KASAN reports once per boot):
     # python, its race, C, C's two races, the sleepable race alone
     assert len(calls) == 6 + 2 * 5, calls
-    assert code == EXIT_OK, json.dumps(summary["targets"], indent=1)[:4000]
+    assert code is Verdict.OK, json.dumps(summary["targets"], indent=1)[:4000]
 
 
-def test_each_target_left_its_files(run: tuple[Path, int, list[str]]) -> None:
+def test_each_target_left_its_files(run: tuple[Path, Verdict, list[str]]) -> None:
     run_dir, _, _ = run
     for target in sorted((run_dir / "targets").iterdir()):
         for name in ("junit.xml", "console.log", "build.log", "metadata.json", "suites.log"):
@@ -64,21 +65,22 @@ def test_each_target_left_its_files(run: tuple[Path, int, list[str]]) -> None:
 
 
 def test_the_fault_injection_report_is_tied_to_the_uaf_test(
-        run: tuple[Path, int, list[str]]) -> None:
+        run: tuple[Path, Verdict, list[str]]) -> None:
     run_dir, _, _ = run
     for name in ("v6.1.190", "v6.1.192"):
         target = run_dir / "targets" / f"{name}__x86_64__uaf-inject"
-        heads = [r.read_text().splitlines()[:2] for r in sorted((target / "kasan").glob("*.txt"))]
-        assert all(h[0].startswith("# KASAN: use-after-free") for h in heads), heads
+        meta = json.loads((target / "metadata.json").read_text())
+        assert all(r["signature"].startswith("KASAN: use-after-free") and r["expected"]
+                   for r in meta["reports"]), meta["reports"]
         # each reproducer on a boot of its own: the deterministic ones and the races
-        assert sorted(h[1] for h in heads) == sorted([
-            "# test: test_map_in_map_free.py::test_inner_map_replaced_under_a_parked_sleepable_"
+        assert sorted({r["test"] for r in meta["reports"]}) == sorted([
+            "test_map_in_map_free.py::test_inner_map_replaced_under_a_parked_sleepable_"
             "program_is_not_used_after_free",
-            "# test: test_map_in_map_free.py::test_inner_map_replaced_while_programs_update_"
+            "test_map_in_map_free.py::test_inner_map_replaced_while_programs_update_"
             "it_is_not_used_after_free",
-            "# test: map_in_map::sleepable_uaf_inner_map_free",
-            "# test: map_in_map::race_kprobe_inner_map_free",
-            "# test: map_in_map::race_sleepable_fentry_inner_map_free"]), heads
+            "map_in_map::sleepable_uaf_inner_map_free",
+            "map_in_map::race_kprobe_inner_map_free",
+            "map_in_map::race_sleepable_fentry_inner_map_free"]), meta["reports"]
         junit_text = (target / "junit.xml").read_text()
         assert junit_text.count("expected kernel report(s)") == 5
         assert BLINDED not in junit_text
@@ -88,7 +90,7 @@ def test_the_fault_injection_report_is_tied_to_the_uaf_test(
 
 
 def test_the_leak_test_finds_the_injected_leak_and_only_there(
-        run: tuple[Path, int, list[str]]) -> None:
+        run: tuple[Path, Verdict, list[str]]) -> None:
     run_dir, _, _ = run
     leaked = {}
     for target in sorted((run_dir / "targets").iterdir()):
@@ -103,7 +105,7 @@ def test_the_leak_test_finds_the_injected_leak_and_only_there(
         assert (int(count) >= 2) if name.endswith("leak-inject") else count == "0", leaked
 
 
-def test_the_merged_junit_holds_every_target(run: tuple[Path, int, list[str]]) -> None:
+def test_the_merged_junit_holds_every_target(run: tuple[Path, Verdict, list[str]]) -> None:
     run_dir, _, _ = run
     from junitparser import JUnitXml
     suites = [s.name for s in JUnitXml.fromfile(str(run_dir / "junit.xml"))]
@@ -114,16 +116,16 @@ def test_the_merged_junit_holds_every_target(run: tuple[Path, int, list[str]]) -
 
 
 def test_a_rerun_resumes_from_the_store_without_booting(
-        run: tuple[Path, int, list[str]]) -> None:
+        run: tuple[Path, Verdict, list[str]]) -> None:
     run_dir, first_code, _ = run
     calls: list[str] = []
-    code = matrix.matrix(Session(load_lab(), Ops()), run_dir, False, None, None, None,
-                         counting(calls))
-    assert calls == [] and code == first_code
+    result = matrix.matrix(Session(load_lab(), Ops()), run_dir, False, Selection(),
+                           counting(calls))
+    assert calls == [] and result.verdict == first_code
 
 
 def test_invoke_report_rebuilds_the_page_from_the_store(
-        run: tuple[Path, int, list[str]]) -> None:
+        run: tuple[Path, Verdict, list[str]]) -> None:
     run_dir, _, _ = run
     (run_dir / "index.html").unlink()
     done = subprocess.run([str(PROJECT / "lab"), "report", str(run_dir)],

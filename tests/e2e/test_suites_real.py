@@ -9,14 +9,13 @@ from typing import Iterator
 
 import pytest
 
-from harness import csuite
-from harness.boot import boot
+from harness import catalog, commits, csuite
 from harness.junit import Case
 from harness.ops import Ops
 from harness.results import Status
-from harness.suites import SuiteRun, run_suites
+from harness.suites import Guard, Install, Rounds, SuiteRun
 
-from .conftest import BuiltKernel, lab_kernel
+from .conftest import BuiltKernel, boot_kernel, lab_kernel
 
 pytestmark = pytest.mark.e2e
 C_TESTS = {"spin_lock_in_inner_map", "timer_in_inner_map", "kptr_in_inner_map",
@@ -34,10 +33,16 @@ def ran(kernel: BuiltKernel, lab_workdir: Path,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SuiteRun, Path]]:
     out = tmp_path_factory.mktemp(f"suites-{kernel.arch.name}")
     binary = csuite.build_c_suite(lab_workdir, kernel.arch, kernel.vmlinux, Ops())
-    with boot(lab_workdir, kernel.arch, kernel.image) as guest:
+    with boot_kernel(kernel) as guest:
         assert guest.outcome.ready, guest.outcome.reason
-        yield run_suites(guest.ssh, out, {"BPFLAB_ARCH": kernel.arch.name},
-                         c_binary=binary), out
+        identity = commits.Identity(kernel.release, None, (), (), "base")
+        listing = out / "commits.txt"
+        listing.write_text(commits.render(commits.decide(commits.load_table(), identity),
+                                          identity))
+        rounds = Rounds({"python": catalog.python_tests(), "c": catalog.c_tests()})
+        setup = Install({"BPFLAB_ARCH": kernel.arch.name}, binary, listing)
+        rounds.run(guest.ssh, out, setup, Guard(), guest.running_test)
+        yield rounds.result(""), out
 
 
 def by_suite(cases: tuple[Case, ...], suite: str) -> list[Case]:

@@ -77,13 +77,12 @@ def syscall_nr(machine: str | None = None) -> int:
     return SYSCALL_NR[machine]
 
 
-_NR = syscall_nr()
-
-
 def bpf(cmd: int, attr: bytes | ctypes.Array[ctypes.c_char], log: str = "") -> int:
     """Raw bpf(cmd, attr); returns the result or raises BpfError."""
     buf = attr if isinstance(attr, ctypes.Array) else ctypes.create_string_buffer(attr, len(attr))
-    ret = _libc.syscall(ctypes.c_long(_NR), ctypes.c_int(cmd), buf, ctypes.c_uint(len(buf)))
+    # Looked up here, not at import: the lab collects the suite on any host.
+    nr = syscall_nr()
+    ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), buf, ctypes.c_uint(len(buf)))
     if ret < 0:
         err = ctypes.get_errno()
         raise BpfError(cmd, err, log)
