@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from harness import kconfig
-from harness.config import Arch, Lab
+from harness.config import Arch, Lab, shared_cache
 from harness.gitrepo import Checkout
 from harness.model import Status
 from harness.model import Target as Target  # the older home
@@ -171,7 +171,7 @@ class Builder:
         return self.lab.workdir / "build" / f"{arch.name}-{self.lab.build.base}"
 
     def cache_dir(self, key: str) -> Path:
-        return self.lab.workdir / "cache" / "kernels" / key
+        return shared_cache() / "kernels" / key
 
     def build_lock(self, arch: Arch) -> Path:
         """Held for configure, make and storing: one make per build directory."""
@@ -276,7 +276,7 @@ class Builder:
                 "objects_compiled": objects, "durations": durations}
 
     def _env(self) -> dict[str, str]:
-        return {**KBUILD_ENV, "CCACHE_DIR": str(self.lab.workdir / "ccache")}
+        return {**KBUILD_ENV, "CCACHE_DIR": str(shared_cache() / "ccache")}
 
     def _ccache(self, args: list[str]) -> str:
         if not self.lab.build.ccache:

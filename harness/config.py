@@ -5,25 +5,33 @@ file, the key and what was expected; no raw dict travels past this module."""
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import re
-from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
 
-import yaml
+
 
 from harness.errors import ConfigError
+from harness.yamlfile import Table, join, read_yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
 ARCHES_FILE = PROJECT / "kernels" / "arches.yaml"
 DEFAULT_LAB = PROJECT / "lab.yaml"
+CACHE_ENV = "BPFLAB_CACHE"
+
+
+def shared_cache() -> Path:
+    """Caches shared by every clone and lab on this host, keyed by content (kernels by
+    what they are built from, ccache by what it compiles): $BPFLAB_CACHE, else
+    $XDG_CACHE_HOME/bpflab, else ~/.cache/bpflab. A hit never changes a result."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "bpflab"
 BASE_CONFIGS = ("tinyconfig", "defconfig", "allnoconfig")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-T = TypeVar("T")
 
 # The one vocabulary of guest accelerators and inits: QEMU's -accel argument and the
 # guest's init= path for each. "auto" probes KVM once per host, else TCG.
@@ -155,155 +163,14 @@ class Lab:
         return find_arch(self.arches, name, str(self.path), "--arch")
 
 
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: str, lines: list[int]) -> None:
-        super().__init__(key)
-        self.key, self.lines = key, lines
-
-
-class _Loader(yaml.SafeLoader):
-    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the
-    last), and keeps the text of every number so a message can quote what was typed."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.paths: dict[int, str] = {}  # id of a collection node -> its key path
-        self.numbers: dict[str, str] = {}  # key path of a number -> its text
-
-    def construct_document(self, node: yaml.Node) -> Any:
-        self._walk(node, "")
-        return super().construct_document(node)
-
-    def _walk(self, node: yaml.Node, path: str) -> None:
-        if id(node) in self.paths:  # an alias: walked already
-            return
-        if isinstance(node, yaml.MappingNode):
-            self.paths[id(node)] = path
-            for key, value in node.value:
-                self._walk(value, _join(path, str(key.value)))
-        elif isinstance(node, yaml.SequenceNode):
-            self.paths[id(node)] = path
-            for i, value in enumerate(node.value):
-                self._walk(value, f"{path}[{i}]")
-        elif node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
-            self.numbers[path] = str(node.value)
-
-    def construct_mapping(self, node: yaml.MappingNode,
-                          deep: bool = False) -> dict[Hashable, Any]:
-        lines: dict[Any, list[int]] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # << may be overridden
-                continue
-            try:
-                lines.setdefault(self.construct_object(key_node, deep=deep), []).append(
-                    key_node.start_mark.line + 1)
-            except TypeError:  # an unhashable key: the base class refuses it
-                pass
-        for key, at in lines.items():
-            if len(at) > 1:
-                raise _DuplicateKey(_join(self.paths.get(id(node), ""), str(key)), at)
-        return super().construct_mapping(node, deep)
-
-
-def _read_yaml(path: Path, what: str) -> tuple[Any, dict[str, str]]:
-    """A YAML file's data, and the text of each number in it by key path."""
-    file = str(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(file, "(file)", f"a readable {what} ({exc.strerror})") from exc
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(file, "(file)", f"UTF-8 text (byte 0x{data[exc.start]:02x} "
-                                          f"at offset {exc.start})") from None
-    loader = _Loader(text)
-    try:
-        return loader.get_single_data(), loader.numbers
-    except _DuplicateKey as exc:
-        *head, last = map(str, exc.lines)
-        raise ConfigError(file, exc.key, "a key given once, but it appears on lines "
-                                         f"{', '.join(head)} and {last}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(file, "(file)", f"valid YAML ({exc})".replace("\n", " ")) from exc
-    finally:
-        loader.dispose()
-
-
-class _Table:
-    """A YAML mapping being read: every key taken is checked, leftovers are errors."""
-
-    def __init__(self, data: Any, file: str, where: str,
-                 numbers: Mapping[str, str] | None = None) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(file, where or "(top level)", "expected a mapping")
-        self.data = dict(data)
-        self.file = file
-        self.where = where
-        self.numbers = numbers or {}
-
-    def key(self, name: str) -> str:
-        return _join(self.where, name)
-
-    def quote_hint(self, key: str, value: object) -> str:
-        """Why a number stands where a string was expected, and the fix."""
-        text = self.numbers.get(key)
-        if text is None or isinstance(value, bool):
-            return ""
-        read = "a number" if text == repr(value) else f"the number {value!r}"
-        return f' (YAML reads {text} as {read}: write "{text}" in quotes)'
-
-    def take(self, name: str, kind: type[T], default: T | None = None,
-             required: bool = False) -> T:
-        key = self.key(name)
-        if name not in self.data:
-            if required:
-                raise ConfigError(self.file, key, "missing (required)")
-            return default  # type: ignore[return-value]
-        value = self.data.pop(name)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value) if abs(value) < 2**1000 else math.inf
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            hint = self.quote_hint(key, value) if kind is str else ""
-            raise ConfigError(self.file, key, f"expected {kind.__name__}{hint}, "
-                                              f"got {type(value).__name__} {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(self.file, key,
-                              f"a finite number, got {self.numbers.get(key, value)}")
-        return value
-
-    def strings(self, name: str, default: tuple[str, ...] = (),
-                required: bool = False) -> tuple[str, ...]:
-        """A list of strings; a number is refused, not converted: 6.10 would be 6.1."""
-        value = self.take(name, list, list(default), required)
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                key = f"{self.key(name)}[{i}]"
-                raise ConfigError(self.file, key,
-                                  f"a string{self.quote_hint(key, item)}, got {item!r}")
-        return tuple(value)
-
-    def sub(self, name: str) -> "_Table":
-        return _Table(self.take(name, dict, {}), self.file, self.key(name), self.numbers)
-
-    def done(self) -> None:
-        if self.data:
-            extra = sorted(map(str, self.data))[0]
-            raise ConfigError(self.file, self.key(extra), "unknown key")
-
-
-def _count(t: _Table, name: str, default: int, lo: int, hi: int, what: str) -> int:
+def _count(t: Table, name: str, default: int, lo: int, hi: int, what: str) -> int:
     value = t.take(name, int, default)
     if not lo <= value <= hi:
         raise ConfigError(t.file, t.key(name), f"{what}, got {value}")
     return value
 
 
-def _seconds(t: _Table, name: str, default: float) -> float:
+def _seconds(t: Table, name: str, default: float) -> float:
     value = t.take(name, float, default)
     if not 0 < value <= DAY_S:
         raise ConfigError(t.file, t.key(name), f"seconds > 0 and <= {DAY_S} (one day), "
@@ -312,8 +179,8 @@ def _seconds(t: _Table, name: str, default: float) -> float:
 
 
 def load_arches(path: Path = ARCHES_FILE) -> tuple[Arch, ...]:
-    raw, numbers = _read_yaml(path, "arches file")
-    top = _Table(raw, str(path), "", numbers)
+    raw, numbers = read_yaml(path, "arches file")
+    top = Table(raw, str(path), "", numbers)
     arches = []
     for name in list(top.data):
         t = top.sub(str(name))
@@ -343,7 +210,7 @@ def _resolve(base: Path, value: str) -> Path:
     return base / p if (base / p).exists() else PROJECT / p
 
 
-def _source(t: _Table, base: Path) -> Source:
+def _source(t: Table, base: Path) -> Source:
     git = t.take("git", str)
     deb = t.sub("debian")
     versions = deb.strings("versions")
@@ -366,7 +233,7 @@ def _source(t: _Table, base: Path) -> Source:
     return Source(git_path, versions, range_, paths, commits)
 
 
-def _files(t: _Table, name: str, base: Path, what: str) -> tuple[Path, ...]:
+def _files(t: Table, name: str, base: Path, what: str) -> tuple[Path, ...]:
     paths = []
     for i, value in enumerate(t.strings(name)):
         path = _resolve(base, value)
@@ -377,7 +244,7 @@ def _files(t: _Table, name: str, base: Path, what: str) -> tuple[Path, ...]:
     return tuple(paths)
 
 
-def _build(t: _Table, base: Path) -> BuildSettings:
+def _build(t: Table, base: Path) -> BuildSettings:
     base_cfg = t.take("base", str, "tinyconfig")
     if base_cfg not in BASE_CONFIGS:
         raise ConfigError(t.file, t.key("base"),
@@ -389,14 +256,14 @@ def _build(t: _Table, base: Path) -> BuildSettings:
     return BuildSettings(base_cfg, frags, jobs, ccache)
 
 
-def _choice(t: _Table, name: str, default: str, choices: tuple[str, ...]) -> str:
+def _choice(t: Table, name: str, default: str, choices: tuple[str, ...]) -> str:
     value = t.take(name, str, default)
     if value not in choices:
         raise ConfigError(t.file, t.key(name), f"one of {', '.join(choices)}, got {value!r}")
     return value
 
 
-def _guest(t: _Table) -> GuestSettings:
+def _guest(t: Table) -> GuestSettings:
     d = GuestSettings()
     accel = _choice(t, "accel", d.accel, ACCELS)
     init = _choice(t, "init", d.init, INITS)
@@ -410,7 +277,7 @@ def _guest(t: _Table) -> GuestSettings:
                    test_timeout=seconds["test_timeout"], suite_timeout=seconds["suite_timeout"])
 
 
-def _limits(t: _Table) -> Limits:
+def _limits(t: Table) -> Limits:
     d = Limits()
     sizes = {f.name: _count(t, f.name, getattr(d, f.name), MIN_BYTES, MAX_BYTES,
                             f"bytes {MIN_BYTES}..{MAX_BYTES} (4 KiB..16 GiB)")
@@ -419,7 +286,7 @@ def _limits(t: _Table) -> Limits:
     return Limits(**sizes)
 
 
-def _commit_ids(t: _Table, key: str) -> tuple[str, ...]:
+def _commit_ids(t: Table, key: str) -> tuple[str, ...]:
     ids = t.strings(key)
     for j, cid in enumerate(ids):
         if not re.fullmatch(r"[0-9a-f]{7,40}", cid):
@@ -428,13 +295,13 @@ def _commit_ids(t: _Table, key: str) -> tuple[str, ...]:
     return ids
 
 
-def _expected_reports(t: _Table) -> tuple[ExpectedReport, ...]:
+def _expected_reports(t: Table) -> tuple[ExpectedReport, ...]:
     out = []
     for j, item in enumerate(t.take("expect_reports", list, [])):
         where = f"{t.key('expect_reports')}[{j}]"
         if not isinstance(item, dict):  # the old form: a bare signature, tied to no test
             raise ConfigError(t.file, where, f"{EXPECT_FORM}, got {item!r}")
-        r = _Table(item, t.file, where, t.numbers)
+        r = Table(item, t.file, where, t.numbers)
         test = r.take("test", str, required=True)
         if not test or any(c.isspace() for c in test):
             raise ConfigError(t.file, r.key("test"), "a test id without spaces "
@@ -448,7 +315,7 @@ def _expected_reports(t: _Table) -> tuple[ExpectedReport, ...]:
     return tuple(out)
 
 
-def _variants(top: _Table, base: Path, arches: tuple[Arch, ...]) -> tuple[Variant, ...]:
+def _variants(top: Table, base: Path, arches: tuple[Arch, ...]) -> tuple[Variant, ...]:
     raw, file = top.data.pop("variants", None), top.file
     if raw is None:
         return (Variant("base", (), ()),)
@@ -456,7 +323,7 @@ def _variants(top: _Table, base: Path, arches: tuple[Arch, ...]) -> tuple[Varian
         raise ConfigError(file, "variants", "a non-empty list of {name, patches, arches}")
     out = []
     for i, item in enumerate(raw):
-        t = _Table(item, file, f"variants[{i}]", top.numbers)
+        t = Table(item, file, f"variants[{i}]", top.numbers)
         name = t.take("name", str, required=True)
         if not NAME_RE.fullmatch(name):
             raise ConfigError(file, t.key("name"), f"letters, digits, '.', '_', '-', got {name!r}")
@@ -479,9 +346,9 @@ def _variants(top: _Table, base: Path, arches: tuple[Arch, ...]) -> tuple[Varian
 
 def load_lab(path: Path = DEFAULT_LAB, arches_file: Path = ARCHES_FILE) -> Lab:
     path = path.resolve()
-    raw, numbers = _read_yaml(path, "lab file")
+    raw, numbers = read_yaml(path, "lab file")
     file, base = str(path), path.parent
-    top = _Table(raw, file, "", numbers)
+    top = Table(raw, file, "", numbers)
     known = load_arches(arches_file)
     workdir = Path(top.take("workdir", str, "work")).expanduser()
     workdir = Path(os.path.normpath(workdir if workdir.is_absolute() else base / workdir))

@@ -178,6 +178,15 @@ def upstream_of(debian_version: str) -> str:
     return up.replace("~", "-")
 
 
+def tag_for(wanted: str) -> str:
+    """The tag a release the lab asked for gets: '6.1.192' and '6.1.192-3' -> v6.1.192,
+    '7.3-rc7' -> v7.3-rc7 (an upstream -rc is part of the version, not a Debian
+    revision)."""
+    if re.fullmatch(r".*-rc\d+", wanted):
+        return f"v{wanted}"
+    return f"v{wanted.split('-')[0]}"
+
+
 def pick_version(wanted: str, available: list[str]) -> str:
     """The newest Debian revision of an upstream version (or the exact one asked for)."""
     if wanted in available:

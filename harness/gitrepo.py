@@ -51,7 +51,8 @@ def resolve(ops: Ops, repo: Path, source: Source, file: str) -> list[Commit]:
                   "--", *source.paths)
         shas = out.split()
     elif source.debian_versions:
-        shas = [_verify(ops, repo, f"v{v.split('-')[0]}", file, f"source.debian.versions[{i}]")
+        from harness.debsrc import tag_for
+        shas = [_verify(ops, repo, tag_for(v), file, f"source.debian.versions[{i}]")
                 for i, v in enumerate(source.debian_versions)]
     else:
         raise ConfigError(file, "source", "source.range or source.commits for a git tree")

@@ -23,7 +23,7 @@ from harness.progress import fmt_secs
 from harness.results import write_atomic
 from harness.ssh import SSHError
 from harness.store import Store, counts
-from harness.suites import C_CLASS, BootEnd, Guard, Install, Rounds
+from harness.suites import BootEnd, Guard, Install, Rounds
 
 # The seam to the C suite's build: (workdir, arch, vmlinux, ops) -> the binary.
 CSuiteFn = Callable[[Path, Arch, Path, Ops], Path]
@@ -122,7 +122,7 @@ def run_guest(ctx: Context, target: Target, build: BuildResult, tdir: Path) -> G
     rounds = Rounds(catalog)
     setup = Install(_env(target), c_binary, _commits_file(ctx, target, build, tdir))
     boots: list[BootRecord] = []
-    why, tests_s = "", 0.0
+    why, tests_s, lab_error = "", 0.0, ""
     while not rounds.done():
         if len(boots) >= ctx.lab.guest.max_boots:
             why = (f"the boot budget ran out (guest.max_boots = {ctx.lab.guest.max_boots})"
@@ -133,9 +133,9 @@ def run_guest(ctx: Context, target: Target, build: BuildResult, tdir: Path) -> G
         try:
             record, end, secs = _one_boot(ctx, kit, build.image, tdir, len(boots) + 1, rounds,
                                           setup)
-        except LabError as exc:
-            return GuestRun(tuple(boots), (), "", tests_s, time.monotonic() - started,
-                            f"boot {len(boots) + 1}: {exc}")
+        except LabError as exc:  # the lab, not the kernel: no further boot
+            why = lab_error = f"boot {len(boots) + 1}: lab error: {exc}"
+            break
         boots.append(record)
         tests_s += secs
         why = _stop_why(boots, end)
@@ -143,7 +143,7 @@ def run_guest(ctx: Context, target: Target, build: BuildResult, tdir: Path) -> G
             break
     suites = rounds.result(why)
     return GuestRun(tuple(boots), suites.cases + c_cases, suites.log, tests_s,
-                    time.monotonic() - started)
+                    time.monotonic() - started, lab_error)
 
 
 def _stop_why(boots: list[BootRecord], end: BootEnd | None) -> str:
@@ -240,9 +240,9 @@ def collect(ctx: Context, target: Target, build: BuildResult, run: GuestRun, tdi
     ready = bool(run.boots) and run.boots[0].state == "ready"
     cases = list(run.cases)
     if not ready:
-        why = run.error or (f"{run.boots[0].state}: {run.boots[0].reason}" if run.boots
-                            else "no boot")
-        cases = [junit.case_of(t, s, Status.ERROR, f"not run: the kernel did not boot ({why})")
+        why = run.error or (f"the kernel did not boot ({run.boots[0].state}: "
+                            f"{run.boots[0].reason})" if run.boots else "no boot")
+        cases = [junit.case_of(t, s, Status.ERROR, f"not run: {why}")
                  for s, ids in ctx.catalog.items() for t in ids]
     expected = target.variant.expect_reports
     tied = junit.tie_reports(cases, [r for _, r in pairs], expected) if ready else cases
@@ -271,7 +271,8 @@ def _stages(run: GuestRun, ready: bool, tied: list[Case]) -> dict[Stage, Status]
     if not ready:
         return {Stage.BUILD: Status.PASS, Stage.BOOT: Status.FAIL, Stage.TESTS: Status.SKIP}
     bad = any(c.status in (Status.FAIL, Status.ERROR) for c in tied) or run.error
-    return {Stage.BUILD: Status.PASS, Stage.BOOT: Status.PASS,
+    # a boot the lab itself could not run (QEMU, ports, keys) is the lab's failure
+    return {Stage.BUILD: Status.PASS, Stage.BOOT: Status.ERROR if run.error else Status.PASS,
             Stage.TESTS: Status.FAIL if bad else Status.PASS}
 
 

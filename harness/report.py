@@ -36,6 +36,8 @@ class Cell:
         build, boot = o.stages.get(Stage.BUILD), o.stages.get(Stage.BOOT)
         if build is not Status.PASS:
             return f"build {(build or Status.SKIP).value}"
+        if boot is Status.ERROR:
+            return "lab error"  # the lab could not run a boot: the reason says why
         if boot is not Status.PASS:
             return f"boot {o.exit_reason or (boot or Status.SKIP).value}"
         c = o.counts

@@ -47,3 +47,12 @@ def write_lab(tmp_path: Path) -> Callable[[str], Path]:
         path.write_text(text)
         return path
     return write
+
+
+@pytest.fixture(autouse=True)
+def private_cache(request: pytest.FixtureRequest, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests never touch the host's shared kernel cache; end-to-end tests use it
+    (content-keyed: a hit never changes a result)."""
+    if request.node.get_closest_marker("e2e") is None:
+        monkeypatch.setenv("BPFLAB_CACHE", str(tmp_path / "shared-cache"))

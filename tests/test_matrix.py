@@ -426,6 +426,24 @@ def test_a_target_the_lab_could_not_boot_is_a_lab_failure(session: Session,
     assert result.verdict is Verdict.LAB
 
 
+def test_a_lab_error_on_a_fresh_boot_keeps_what_ran_and_names_the_rest(
+        session: Session, tmp_path: Path) -> None:
+    guests = Guests([Script(die_in="test_a.py::test_two", panic=True)])
+    real = guests.__call__
+
+    def second_fails(kit: GuestKit, kernel: Path, settings: GuestSettings,
+                     run_dir: Path) -> object:
+        if guests.boots:
+            raise LabError("QEMU could not bind a forwarding port in 3 tries")
+        return real(kit, kernel, settings, run_dir)
+    result = run(session, tmp_path, second_fails, ONE)  # type: ignore[arg-type]
+    assert result.verdict is Verdict.LAB  # the lab could not run a boot: exit 2
+    m = meta(tmp_path)
+    assert m["counts"]["total"] == 6 and m["counts"]["pass"] == 2  # test_one, health
+    assert "boot 2: lab error: QEMU could not bind" in junit_of(tmp_path)
+    assert m["errors"] == ["boot 2: lab error: QEMU could not bind a forwarding port in 3 tries"]
+
+
 def test_documentation_does_not_change_the_suites_fingerprint(tmp_path: Path) -> None:
     from harness.suites import suites_fingerprint
     shutil.copytree(Path(__file__).parents[1] / "bpf_tests", tmp_path / "suites")

@@ -4,6 +4,7 @@ matrix, the transitions and the KASAN signatures, and its log links resolve."""
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -92,3 +93,18 @@ def test_chromium_paints_the_page(page: Path, tmp_path: Path) -> None:
     shot = tmp_path / "report.png"
     chromium(f"--screenshot={shot}", "--window-size=1200,800", page.as_uri(), cwd=tmp_path)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
+
+
+HOSTILE = "<img src=x onerror=\"document.body.setAttribute('data-pwned','1')\">"
+
+
+def test_hostile_names_and_report_text_run_no_script_in_chromium(tmp_path: Path) -> None:
+    store = Store(tmp_path / "run")
+    o = outcome(f"v1{HOSTILE}", 0, "x86_64", "base", (f"KASAN: {HOSTILE}",),
+                test=f"test_x.py::test_{HOSTILE}")
+    o = replace(o, reason=f"error: {HOSTILE}", subject=HOSTILE)
+    put(store, o, {f"test_{HOSTILE}": Status.FAIL})
+    page = report.write_all(store)[1]
+    dom = chromium("--dump-dom", page.as_uri(), cwd=tmp_path)
+    assert "data-pwned=" not in dom  # the attribute the payload would set on <body>
+    assert "<img" not in dom and "&lt;img src=x" in dom  # shown, as text
