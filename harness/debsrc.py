@@ -223,6 +223,23 @@ def changelog_date(deb_tree: Path) -> str:
     return "2000-01-01T00:00:00+00:00"
 
 
+def kept_changelog(repo: Path, debian_version: str) -> Path:
+    """Where an imported release's changelog.Debian.gz is kept, next to the repository:
+    it lists the subjects of every upstream stable update the package took, which the
+    tree alone (one commit per release) cannot tell (harness/presence.py reads it)."""
+    return repo.parent / "debian-changelogs" / f"{debian_version.replace(':', '%3a')}.gz"
+
+
+def keep_changelog(deb_tree: Path, dest: Path) -> None:
+    """Copy the unpacked package's changelog to dest (written whole or not at all)."""
+    for log in sorted(deb_tree.glob("usr/share/doc/linux-source-*/changelog.Debian.gz")):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        shutil.copyfile(log, part)
+        part.replace(dest)
+        return
+
+
 def source_tarball(deb_tree: Path) -> Path:
     found = sorted(deb_tree.glob("usr/src/linux-source-*.tar.*"))
     if not found:
@@ -298,6 +315,7 @@ def import_release(ops: Ops, repo: Path, apt: Archive, wanted: str, scratch: Pat
              "add", "-A", "-f", "."], env=env, quiet=True)
     tree = _git(ops, repo, "write-tree", env=env)
     date = changelog_date(scratch / "deb")
+    keep_changelog(scratch / "deb", kept_changelog(repo, debver))
     upstream = upstream_of(debver)
     commit = _commit(ops, repo, tree, None, f"{upstream} {debver} {date}", date)
     _git(ops, repo, "update-ref", f"refs/bpflab/releases/{wanted}", commit)

@@ -1,6 +1,6 @@
 """The rules that title one kernel report in syzkaller's manner, loaded once from
 kreport_titles.yaml: the format a report matches, the frame that names the culprit,
-the cleaned title and alternatives, and why a report is not whole."""
+the cleaned title and its alternatives."""
 
 from __future__ import annotations
 
@@ -70,6 +70,11 @@ class Title:
     format: Format | None
 
 
+TOP_KEYS = {"placeholders", "stack_starts", "frames", "corrupted_lines", "corrupted_titles",
+            "strip_prefixes", "skip_frames", "stall_anchors", "hang_anchors", "hang_skip",
+            "start_ignores", "title_replacements", "kinds", "ends", "leak_lines", "groups",
+            "stack_templates"}
+GROUP_KEYS = {"header", "suppress", "formats"}
 FORMAT_KEYS = {"title", "report", "fmt", "alt", "stack", "no_stack", "corrupted", "ends"}
 STACK_KEYS = {"parts", "parts2", "skip", "extractor", "like"}
 
@@ -78,6 +83,7 @@ class _Loader:
     """Compiles the YAML tables, expanding placeholders; rejects unknown keys."""
 
     def __init__(self, data: dict[str, Any]) -> None:
+        _check(data, TOP_KEYS, "top-level")
         self.data = data
         self.holders: dict[str, str] = {}
         for name, value in data["placeholders"].items():
@@ -117,6 +123,7 @@ class _Loader:
                       re.compile(self.data["ends"][ends], re.M) if ends else None)
 
     def group(self, spec: dict[str, Any]) -> Group:
+        _check(spec, GROUP_KEYS, "group")
         return Group(spec["header"], self.regexes(spec.get("suppress", [])),
                      tuple(self.format(f) for f in spec["formats"]))
 
@@ -146,14 +153,6 @@ def load(path: Path = TABLES) -> Rules:
 RULES = load()
 
 
-def header_group(line: str, rules: Rules = RULES) -> Group | None:
-    """The report group whose header this line carries, unless suppressed."""
-    for group in rules.groups:
-        if group.header in line and not any(s.search(line) for s in group.suppress):
-            return group
-    return None
-
-
 def describe(group: Group, text: str, rules: Rules = RULES) -> Title:
     """syzkaller's title of a report (text from its header line on): the earliest
     format title found wins, ties go to the first format in the table."""
@@ -172,18 +171,16 @@ def describe(group: Group, text: str, rules: Rules = RULES) -> Title:
         best = _titled(f, m, text, rules)
     if best is None:
         return _untitled(group, text, matched, rules)
-    reason = best.corrupted or ("report format is marked as corrupted" if best.format
-                                and best.format.corrupted else "")
-    return Title(best.title, best.alt, reason or whole(best.title, text, best.format, rules),
-                 best.format)
+    marked = best.format is not None and best.format.corrupted
+    reason = best.corrupted or ("report format is marked as corrupted" if marked else "")
+    return Title(best.title, best.alt, reason, best.format)
 
 
 def _untitled(group: Group, text: str, matched: bool, rules: Rules) -> Title:
     at = text.find(group.header)
     line = text[at:].split("\n", 1)[0] if at >= 0 else text.split("\n", 1)[0]
     title = clean(line, rules)
-    reason = "matched title but not report regexp" if matched else ""
-    return Title(title, (), reason or whole(title, text, None, rules), None)
+    return Title(title, (), "matched title but not report regexp" if matched else "", None)
 
 
 def _titled(f: Format, m: re.Match[str], text: str, rules: Rules) -> Title:
@@ -258,7 +255,8 @@ def _walk(stack: Stack, parts: tuple[Part, ...], lines: list[str], rules: Rules
         if part is None:
             traces += 1
             after = parts[i + 1] if i + 1 < len(parts) else None
-            pos, found, skipped_next, clean_run = _scan_stack(lines, pos, after, stack, rules)
+            pos, found, skipped_next, clean_run = _scan_stack(lines, pos, after, stack, rules,
+                                                              begun=i > 0)
             i += skipped_next
         else:
             pos, found, clean_run = _scan_part(lines, pos, part, stack, rules)
@@ -279,20 +277,24 @@ def _scan_part(lines: list[str], pos: int, part: re.Pattern[str], stack: Stack,
     return pos, [], True
 
 
-def _scan_stack(lines: list[str], pos: int, after: Part, stack: Stack, rules: Rules
-                ) -> tuple[int, list[str], int, bool]:
-    """Frames until a new trace starts or the next part matches (then it is used)."""
+def _scan_stack(lines: list[str], pos: int, after: Part, stack: Stack, rules: Rules,
+                begun: bool) -> tuple[int, list[str], int, bool]:
+    """Frames until a new trace starts or the next part matches (then it is used).
+    A trace parsed from the header on (KMSAN) begins at its first frame line."""
     found: list[str] = []
     while pos < len(lines):
         line, pos = lines[pos], pos + 1
         if any(r.search(line) for r in rules.corrupted_lines):
             return pos, found, 0, False
         if any(r.search(line) for r in rules.stack_starts):
-            return pos, found, 0, True
+            if begun:
+                return pos, found, 0, True
+            continue
         m = after.search(line) if after is not None else None
         if m:
             return pos, found + _named(m, stack), 1, True
         m = next((m for r in rules.frames if (m := r.search(line))), None)
+        begun = begun or m is not None
         found += _named(m, stack) if m else []
     return pos, found, 0, True
 
@@ -337,43 +339,3 @@ def _hang(names: list[str], rules: Rules) -> tuple[str, int]:
         if not any(s in name for s in rules.hang_skip):
             return name, i
     return "", -1
-
-
-def whole(title: str, text: str, f: Format | None, rules: Rules = RULES) -> str:
-    """Why a report is not whole ("" when it is): a glued title, or a stack trace
-    announced but missing, or none at all where one is expected."""
-    if any(r.search(title) for r in rules.corrupted_titles):
-        return "title matches corrupted regexp"
-    if f is None or f.no_stack:
-        return ""
-    has_stack = False
-    for start in rules.stack_starts:
-        m = start.search(text)
-        if m is None:
-            continue
-        after = text[m.start():].split("\n")
-        if len(after) < 4:
-            return "call trace is missed"
-        found = _frame_follows(after[1:16], rules)
-        has_stack = has_stack or found
-        if not found and "badaddr" not in start.pattern:
-            return "no frames in a stack trace"
-    return "" if has_stack else "no stack trace in report"
-
-
-def _frame_follows(lines: list[str], rules: Rules) -> bool:
-    for line in lines:
-        if any(r.search(line) for r in rules.stack_starts):
-            return False
-        if "(stack is not available)" in line or any(r.search(line) for r in rules.frames):
-            return True
-    return False
-
-
-def kind_of(title: str, rules: Rules = RULES) -> str:
-    return next((kind for pattern, kind in rules.kinds if pattern.search(title)), "BUG")
-
-
-def start_ignored(line: str, rules: Rules = RULES) -> bool:
-    """Headers that may sit inside another report without starting one."""
-    return any(r.search(line) for r in rules.start_ignores)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from harness import commits, junit, kreport
+from harness import commits, junit, kreport, presence
 from harness.boot import BootedGuest, BootFn, GuestKit, prepare_kit
 from harness.build import BuildResult
 from harness.config import Arch, GuestSettings, Lab
@@ -209,11 +209,11 @@ def _commits_file(ctx: Context, target: Target, build: BuildResult, tdir: Path) 
     """Which declared upstream commits this kernel carries, decided here, read by both
     suites in the guest."""
     repo = ctx.lab.source.git
-    ids = [c.id for c in ctx.table]
-    ancestors = commits.ancestors(ctx.ops, repo, target.commit.sha, ids) if repo else None
-    identity = commits.Identity(str(build.meta.get("kernel_release", "")), ancestors,
+    found = presence.in_git(ctx.ops, repo, target.commit.sha, ctx.table) if repo else None
+    debian = None if repo else presence.debian_release(ctx.lab.workdir, target.commit.subject)
+    identity = commits.Identity(str(build.meta.get("kernel_release", "")), found,
                                 target.variant.reverts, target.variant.backports,
-                                target.variant.name)
+                                target.variant.name, debian=debian)
     path = tdir / "commits.txt"
     write_atomic(path, commits.render(commits.decide(ctx.table, identity), identity))
     return path

@@ -86,6 +86,7 @@ def test_outer_map_creation_failing_at_any_allocation_leaks_no_template(
              if leak.allocated_in(META_ALLOC)]
     record_property("sweeps", "; ".join(str(s) for s in sweeps))
     record_property("leaked_templates", len(found))
+    leaks.to_kernel_log(found)
     for sweep in sweeps:
         assert sweep.failed and sweep.clean == 0, f"no creation failed, or all did: {sweep}"
 

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from .markers import write_kmsg
 from .sysbpf import BpfError
 
 DEBUGFS = "/sys/kernel/debug"
@@ -45,6 +46,7 @@ class Leak:
     pid: int
     age_s: float | None
     backtrace: tuple[str, ...]  # function names, innermost first
+    lines: tuple[str, ...] = ()  # the record as kmemleak printed it
 
     def allocated_in(self, function: str) -> bool:
         """Is function in the backtrace (compiler suffixes such as .isra.0 ignored)?"""
@@ -61,20 +63,23 @@ def parse_kmemleak(text: str) -> list[Leak]:
     head: tuple[str, int] | None = None
     comm, pid, age = "", 0, None
     frames: list[str] = []
+    raw: list[str] = []
     in_trace = False
 
     def close() -> None:
         if head is not None:
-            leaks.append(Leak(head[0], head[1], comm, pid, age, tuple(frames)))
+            leaks.append(Leak(head[0], head[1], comm, pid, age, tuple(frames), tuple(raw)))
 
     for line in text.splitlines():
         m = _OBJECT.match(line)
         if m:
             close()
             head, comm, pid, age, frames, in_trace = (m[1], int(m[2])), "", 0, None, [], False
+            raw = [line]
             continue
         if head is None:
             continue
+        raw.append(line)
         m = _COMM.match(line)
         if m:
             comm, pid, age = m[1], int(m[2]), float(m[3]) if m[3] else None
@@ -170,6 +175,16 @@ def sweep_fail_nth(call: Callable[[], object], limit: int = 200) -> Sweep:
         os.close(fd)
     raise AssertionError(f"{limit} allocations failed one by one and the call still "
                          f"allocated more: {outcomes[-5:]}")
+
+
+def to_kernel_log(found: list[Leak], limit: int = 16) -> None:
+    """Each leak's record into the kernel log, line by line, between the running
+    test's markers: the lab's console parser makes a `memory leak in ...` report of
+    each, tied to the test, like any other kernel report."""
+    for leak in found[:limit]:
+        for line in leak.lines:
+            text = "".join(c if 32 <= ord(c) < 127 else "?" for c in line)
+            write_kmsg(f"<3>{text}\n".encode("ascii"))
 
 
 def scan() -> None:
