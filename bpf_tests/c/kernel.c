@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Which declared upstream commits the kernel under test carries: read from the file
  * BPFLAB_COMMITS names, never decided here. The lab decides on the host
- * (harness/commits.py: a variant's reverts and backports, git ancestry, release
- * numbers and the stable table of bpf_tests/commits.yaml) and writes
+ * (harness/commits.py: a variant's reverts and backports, git evidence such as an
+ * ancestor or a stable backport, release numbers and the stable table of
+ * bpf_tests/commits.yaml) and writes
  *
  *     # comment lines (release, variant, how it was decided)
  *     <id> present|absent <why>

@@ -103,6 +103,16 @@ def test_the_leak_test_finds_the_injected_leak_and_only_there(
     for name, (status, count) in leaked.items():
         assert status is Status.PASS, leaked
         assert (int(count) >= 2) if name.endswith("leak-inject") else count == "0", leaked
+        # each leak the test found is a kernel report of its own, tied to the test
+        reports = json.loads((run_dir / "targets" / name / "metadata.json").read_text())[
+            "reports"]
+        leaks = [r for r in reports if r["kind"] == "LEAK"]
+        if name.endswith("leak-inject"):
+            assert leaks and all(r["signature"] == "memory leak in bpf" and r["expected"]
+                                 and r["test"].endswith("_leaks_no_template")
+                                 for r in leaks), reports
+        else:
+            assert leaks == [], reports
 
 
 def test_the_merged_junit_holds_every_target(run: tuple[Path, Verdict, list[str]]) -> None:

@@ -1,8 +1,9 @@
 """Which declared upstream commits the kernel under test carries: read, never decided.
 
 The lab decides on the host (harness/commits.py, from bpf_tests/commits.yaml, the
-variant's reverts and backports, git ancestry or release numbers) and writes one file,
-named by the environment variable BPFLAB_COMMITS:
+variant's reverts and backports, git evidence such as an ancestor or a stable backport,
+or release numbers) and writes one file, named by the environment variable
+BPFLAB_COMMITS:
 
     # comment lines (release, variant, how it was decided)
     <id> present|absent <why>

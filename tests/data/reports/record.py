@@ -16,7 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from harness.boot import BootOptions, boot  # noqa: E402
+from harness.boot import boot, prepare_kit  # noqa: E402
+from harness.config import GuestSettings  # noqa: E402
+from harness.model import Selection  # noqa: E402
 from harness.config import load_lab  # noqa: E402
 from harness.main import Session  # noqa: E402
 from harness.ops import Ops  # noqa: E402
@@ -37,14 +39,15 @@ def provoke(name: str) -> str:
 
 
 def record(session: Session, arch: str, commit: str | None) -> None:
-    target = session.targets(arch=arch, variant="base", commit=commit)[-1]
+    target = session.targets(Selection(arch, "base", commit))[-1]
     result = session.builder().build(target)
     assert result.image is not None, result.errors
     workdir = session.lab.workdir
     run = workdir / "runs" / f"record-{arch}"
     # KASAN reports once per boot unless told otherwise: here every report is wanted.
-    multi = BootOptions(cmdline_extra=("kasan_multi_shot",))
-    with boot(workdir, target.arch, result.image, multi, run_dir=run / "a") as g:
+    multi = GuestSettings(cmdline_extra=("kasan_multi_shot",))
+    kit = prepare_kit(workdir, target.arch, result.image, multi, session.ops)
+    with boot(kit, result.image, multi, run / "a") as g:
         assert g.outcome.ready, g.outcome.reason
         for name in IN_TESTS:
             # BUG kills the shell that wrote it (an Oops in process context): that
@@ -54,7 +57,7 @@ def record(session: Session, arch: str, commit: str | None) -> None:
         g.ssh.run(f"sleep 1; {provoke('WARNING')}; sleep 1", timeout=60)  # outside markers
         g.ssh.run("sync; poweroff -f >/dev/null 2>&1 &", timeout=10)
     shutil.copy(run / "a" / "console.log", OUT / f"{arch}_lkdtm_reports.log")
-    with boot(workdir, target.arch, result.image, BootOptions(), run_dir=run / "b") as g:
+    with boot(kit, result.image, GuestSettings(), run / "b") as g:
         assert g.outcome.ready, g.outcome.reason
         try:
             g.ssh.run(f"{marker('begin', 'PANIC')}; {provoke('PANIC')}", timeout=60)
