@@ -180,7 +180,7 @@ def from_tap(lines: Iterable[str], suite: str, classname: str) -> Tap:
 def is_expected(report: Report, expected: tuple[ExpectedReport, ...]) -> bool:
     """Declared by the variant for the very test that printed it, by the lab's
     signature or syzkaller's exact title."""
-    titles = {report.signature, getattr(report, "syz_title", "") or report.signature}
+    titles = {report.signature, report.syz_title or report.signature}
     return any(e.test == report.test and titles & set(e.signatures) for e in expected)
 
 
@@ -231,7 +231,9 @@ def _judge(case: Case, expected: tuple[ExpectedReport, ...]) -> Case:
     bad = [r for r in case.reports if not is_expected(r, expected)]
     if not bad:
         return case
-    message = f"kernel report during the test: {bad[0].signature}"
+    syz = bad[0].syz_title or bad[0].signature
+    message = f"kernel report during the test: {bad[0].signature}" + \
+        (f" (syzkaller: {syz})" if syz != bad[0].signature else "")
     if case.status is Status.ERROR and case.message:
         message = f"{message} ({case.message})"
     return replace(case, status=Status.ERROR, message=message)

@@ -7,13 +7,14 @@ text runs nothing."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from html import escape
 from pathlib import Path
 
+from harness import kreport
 from harness.errors import UserError
 from harness.junit import Case, JUnitError, from_junit
-from harness.model import Stage, Status, TargetOutcome
+from harness.model import ReportRef, Stage, Status, TargetOutcome
 from harness.results import write_atomic, write_json
 from harness.store import Store
 
@@ -48,9 +49,31 @@ class Cell:
             (f" [{n} report{'s' * (n > 1)}]" if n else "")
 
 
+def rederive(target_dir: Path, refs: tuple[ReportRef, ...]) -> tuple[ReportRef, ...]:
+    """Each stored report's signature and syzkaller title from its stored text, by the
+    parser as it is now: a parser change reaches earlier runs through ./lab report.
+    Whether the variant expected it stays what the run decided."""
+    out = []
+    for ref in refs:
+        try:
+            text = (target_dir / ref.file).read_text(errors="replace")
+        except OSError:
+            out.append(ref)
+            continue
+        found = kreport.parse(text.splitlines())
+        if len(found) != 1:
+            out.append(ref)  # the text no longer reads as one report: keep what was stored
+            continue
+        r = found[0]
+        out.append(replace(ref, signature=r.signature, syz_title=r.syz_title or r.signature,
+                           kind=r.kind, corrupted=r.corrupted))
+    return tuple(out)
+
+
 def load(store: Store) -> list[Cell]:
     cells = []
     for path, outcome in store.outcomes():
+        outcome = replace(outcome, reports=rederive(path, outcome.reports))
         try:
             cases = tuple(from_junit(path / "junit.xml", "")) \
                 if (path / "junit.xml").exists() else ()
@@ -141,7 +164,8 @@ def table(cells: list[Cell], reports: list[dict[str, object]]) -> str:
     for sig in reports:
         where = sig["where"]
         assert isinstance(where, list)
-        lines.append(f"  report: {sig['signature']}  ({', '.join(map(str, where))})")
+        syz = f" [syzkaller: {sig['syz_title']}]" if sig["syz_title"] != sig["signature"] else ""
+        lines.append(f"  report: {sig['signature']}{syz}  ({', '.join(map(str, where))})")
     return "\n".join(lines)
 
 

@@ -66,9 +66,9 @@ class Store:
             name = f"kasan/{i + 1:02d}-{report.kind.lower()}.txt"
             write_atomic(self.target_dir(target) / name, report.text + "\n")
             refs.append(ReportRef(report.signature, report.kind, name,
-                                  getattr(report, "syz_title", "") or report.signature,
+                                  report.syz_title or report.signature,
                                   report.test, boot,
-                                  report.line, wanted, getattr(report, "corrupted", "")))
+                                  report.line, wanted, report.corrupted))
         return tuple(refs)
 
     def save(self, target: Target, outcome: TargetOutcome) -> None:

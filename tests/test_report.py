@@ -104,3 +104,19 @@ def test_an_unreadable_metadata_file_is_left_out_of_the_report_not_a_crash(
     (tmp_path / "targets/v2__x86_64__base/metadata.json").write_text('{"schema": 2, "na')
     text, _ = report.write_all(store)
     assert "v1" in text and "v2" not in text
+
+
+def test_signatures_of_earlier_runs_are_rederived_from_the_stored_report_text(
+        tmp_path: Path) -> None:
+    from harness import kreport
+    console = Path(__file__).parent / "data" / "console" / "x86_64_lkdtm_panic_mid_test.log"
+    panic = kreport.parse(console.read_text().splitlines())[0]
+    store = Store(tmp_path)
+    o = outcome("v6.1.192", 0, "x86_64", "base", ("panic: dumptest",), "lkdtm::PANIC")
+    put(store, o, {"test_a": Status.PASS})
+    (tmp_path / "targets/v6.1.192__x86_64__base/kasan").mkdir()
+    (tmp_path / "targets/v6.1.192__x86_64__base/kasan/01-kasan.txt").write_text(panic.text)
+    text, _ = report.write_all(store)
+    assert "report: kernel panic: dumptest" in text and "report: panic: dumptest" not in text
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["targets"][0]["signatures"] == ["kernel panic: dumptest"]
