@@ -10,14 +10,16 @@ import argparse
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.build import Builder, BuildResult, Target  # noqa: E402
-from harness.config import DEFAULT_LAB, load_lab  # noqa: E402
+from harness.config import CACHE_ENV, DEFAULT_LAB, load_lab  # noqa: E402
 from harness.main import Session  # noqa: E402
+from harness.model import Selection  # noqa: E402
 from harness.ops import Ops  # noqa: E402
 
 
@@ -35,12 +37,13 @@ def timed(step: str, builder: Builder, target: Target, force: bool = True) -> di
 
 
 def bench_arch(session: Session, arch: str, cold: bool) -> list[dict[str, object]]:
-    target = session.targets(arch=arch, variant=session.lab.variants[0].name)[-1]
+    target = session.targets(Selection(arch, session.lab.variants[0].name))[-1]
     builder = session.builder()
     rows = []
     if cold:
+        # a fresh shared cache for this process only: other clones' caches stay whole
+        os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="bpflab-bench-cache-")
         shutil.rmtree(builder.build_dir(target.arch), ignore_errors=True)
-        shutil.rmtree(session.lab.workdir / "ccache", ignore_errors=True)
         rows.append(timed("cold (empty build dir and ccache)", builder, target))
     else:
         # not a cache lookup: the build dir may hold another commit or variant

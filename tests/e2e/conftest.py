@@ -11,6 +11,7 @@ import pytest
 
 from typing import ContextManager
 
+from harness.model import Selection
 from harness.boot import BootedGuest, GuestKit, boot, prepare_kit
 from harness.config import Arch, GuestSettings, load_arches, load_lab
 from harness.main import Session
@@ -39,7 +40,7 @@ def lab_workdir() -> Path:
 def lab_kernel(arch: str) -> BuiltKernel:
     """The default lab's newest commit, base variant, for arch: built if not cached."""
     session = Session(load_lab(), Ops())
-    target = session.targets(arch=arch, variant="base")[-1]
+    target = session.targets(Selection(arch, "base"))[-1]
     result = session.builder().build(target)
     if result.status is not Status.PASS or result.artifacts is None:
         pytest.fail(f"building {target.label} failed: {result.errors} (log {result.log})")

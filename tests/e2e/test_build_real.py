@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from harness import kconfig
+from harness.model import Selection
 from harness.config import DEFAULT_LAB, load_lab
 from harness.main import Session
 from harness.ops import Ops
@@ -29,7 +30,7 @@ def session() -> Session:
 @pytest.mark.parametrize("arch", ["x86_64", "arm64"])
 def test_the_default_source_builds_a_kasan_btf_kernel_and_a_rerun_is_a_cache_hit(
         session: Session, arch: str) -> None:
-    target = session.targets(arch=arch, commit=f"v{VERSION}")[0]
+    target = session.targets(Selection(arch, None, f"v{VERSION}"))[0]
     result = session.builder().build(target)
     assert result.status is Status.PASS, result.errors
     assert result.artifacts is not None
