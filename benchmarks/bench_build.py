@@ -43,7 +43,7 @@ def bench_arch(session: Session, arch: str, cold: bool) -> list[dict[str, object
     if cold:
         # a fresh shared cache for this process only: other clones' caches stay whole
         os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="bpflab-bench-cache-")
-        shutil.rmtree(builder.build_dir(target.arch), ignore_errors=True)
+        shutil.rmtree(builder.build_dir(target.arch, builder.series(target)), ignore_errors=True)
         rows.append(timed("cold (empty build dir and ccache)", builder, target))
     else:
         # not a cache lookup: the build dir may hold another commit or variant
@@ -52,7 +52,7 @@ def bench_arch(session: Session, arch: str, cold: bool) -> list[dict[str, object
     touched = builder.checkout.path / "kernel/bpf/map_in_map.c"
     os.utime(touched)
     rows.append(timed("touch kernel/bpf/map_in_map.c", builder, target))
-    shutil.rmtree(builder.build_dir(target.arch), ignore_errors=True)
+    shutil.rmtree(builder.build_dir(target.arch, builder.series(target)), ignore_errors=True)
     rows.append(timed("build dir wiped, ccache warm", builder, target))
     rows.append(timed("cache hit (same key)", builder, target, force=False))
     return rows

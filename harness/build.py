@@ -24,6 +24,7 @@ from harness.ops import Ops
 from harness.progress import Progress
 from harness.results import write_json
 
+SERIES_RE = re.compile(r"^(VERSION|PATCHLEVEL) = (\d+)", re.M)
 OBJECT_RE = re.compile(r"^\s+(CC|AS|CC \[M\])\s")
 ERROR_RE = re.compile(r"(error:|Error \d+|\*\*\* |undefined reference|not found)")
 # Reproducible identity; an empty LOCALVERSION keeps setlocalversion from adding
@@ -164,18 +165,28 @@ class Builder:
         frags = kconfig.fingerprint(self.frags_for(arch) + list(target.variant.patches), extra)
         return f"{arch.name}-{frags}"
 
-    def build_dir(self, arch: Arch) -> Path:
-        """One per arch and base config. A fragment change reconfigures it in place:
-        kbuild rebuilds only what depends on the changed options, where a fresh
-        directory would cost a cold build."""
-        return self.lab.workdir / "build" / f"{arch.name}-{self.lab.build.base}"
+    def build_dir(self, arch: Arch, series: str = "") -> Path:
+        """One per arch, base config and kernel series (6.1, 7.3): adjacent commits of
+        a series build incrementally, and a series never inherits another's stale
+        objects (tools/ of 6.1 fail a 7.3 build). A fragment change reconfigures it in
+        place: kbuild rebuilds only what depends on the changed options."""
+        name = f"{arch.name}-{self.lab.build.base}" + (f"-{series}" if series else "")
+        return self.lab.workdir / "build" / name
+
+    def series(self, target: Target) -> str:
+        """The kernel series of the commit, from its top Makefile (VERSION, PATCHLEVEL)."""
+        found = self.ops.run(["git", "-C", str(self.checkout.origin), "show",
+                              f"{target.commit.sha}:Makefile"], check=False, quiet=True)
+        numbers = dict(SERIES_RE.findall(found.stdout[:2000]))
+        if "VERSION" in numbers and "PATCHLEVEL" in numbers:
+            return f"{numbers['VERSION']}.{numbers['PATCHLEVEL']}"
+        return ""
 
     def cache_dir(self, key: str) -> Path:
         return shared_cache() / "kernels" / key
 
-    def build_lock(self, arch: Arch) -> Path:
+    def build_lock(self, bdir: Path) -> Path:
         """Held for configure, make and storing: one make per build directory."""
-        bdir = self.build_dir(arch)
         return bdir.with_name(f"{bdir.name}.lock")
 
     def lookup(self, target: Target) -> BuildResult | None:
@@ -195,8 +206,8 @@ class Builder:
         if locked:
             shutil.rmtree(done, ignore_errors=True)
         else:
-            with exclusive(self.build_lock(target.arch), str(self.build_dir(target.arch)),
-                           wait=False) as held:
+            bdir = self.build_dir(target.arch, self.series(target))
+            with exclusive(self.build_lock(bdir), str(bdir), wait=False) as held:
                 if held:
                     shutil.rmtree(done, ignore_errors=True)
         return None
@@ -207,12 +218,12 @@ class Builder:
         hit = None if force else self._hit(target, key, locked=False)
         if hit:
             return hit
-        bdir = self.build_dir(target.arch)
+        bdir = self.build_dir(target.arch, self.series(target))
         bdir.mkdir(parents=True, exist_ok=True)
         # One build at a time per source checkout: the tree must stay at the commit
         # (and its patches) until make is done, whichever arch is building.
         checkout = self.checkout.path
-        with exclusive(self.build_lock(target.arch), str(bdir)), \
+        with exclusive(self.build_lock(bdir), str(bdir)), \
                 exclusive(checkout.parent / f".{checkout.name}.lock", str(checkout)):
             # Another lab may have built it while this one waited.
             hit = None if force else self._hit(target, key, locked=True)

@@ -132,7 +132,7 @@ def test_an_unchanged_config_keeps_its_mtime(session: Session) -> None:
     first, second = session.targets(Selection(arch="x86_64", variant="base"))
     builder = session.builder()
     builder.build(first)
-    dot = builder.build_dir(first.arch) / ".config"
+    dot = builder.build_dir(first.arch, builder.series(first)) / ".config"
     before = dot.stat().st_mtime_ns
     builder.build(second)
     assert dot.stat().st_mtime_ns == before
@@ -261,16 +261,17 @@ def test_a_build_waits_for_the_lab_holding_its_build_directory(
         session: Session, capsys: pytest.CaptureFixture[str]) -> None:
     target = session.targets(Selection(arch="x86_64", variant="base"))[0]
     builder = session.builder()
-    lock = builder.build_lock(target.arch)
+    lock = builder.build_lock(builder.build_dir(target.arch, builder.series(target)))
     results: list[BuildResult] = []
     with _held_by_another_lab(lock):
         waiter = threading.Thread(target=lambda: results.append(builder.build(target)))
         waiter.start()
         said = _wait_until_said(capsys, "waiting for")
-        assert f"waiting for {builder.build_dir(target.arch)} (held by pid 4242)" in said
+        bdir = builder.build_dir(target.arch, builder.series(target))
+        assert f"waiting for {bdir} (held by pid 4242)" in said
         time.sleep(0.3)
         assert waiter.is_alive() and not results
-        assert not (builder.build_dir(target.arch) / "vmlinux").exists()  # make has not run
+        assert not (builder.build_dir(target.arch, builder.series(target)) / "vmlinux").exists()  # make has not run
     waiter.join(timeout=30)
     assert [r.status for r in results] == [Status.PASS]
     assert lock.read_text().strip() == str(os.getpid())  # the holder says who it is
@@ -284,10 +285,28 @@ def test_a_build_that_waited_takes_what_the_other_lab_stored(
     assert entry is not None
     entry.rename(tmp_path / "stored-by-the-other-lab")
     results: list[BuildResult] = []
-    with _held_by_another_lab(builder.build_lock(target.arch)):
+    with _held_by_another_lab(builder.build_lock(builder.build_dir(target.arch, builder.series(target)))):
         waiter = threading.Thread(target=lambda: results.append(builder.build(target)))
         waiter.start()
         _wait_until_said(capsys, "waiting for")
         (tmp_path / "stored-by-the-other-lab").rename(entry)
     waiter.join(timeout=30)
     assert len(results) == 1 and results[0].cached and results[0].artifacts == entry
+
+
+def test_each_kernel_series_gets_a_build_directory_of_its_own(session: Session,
+                                                              fake_tree: Path) -> None:
+    from tests.conftest import git
+    first = session.targets()[0]
+    builder = session.builder()
+    makefile = fake_tree / "Makefile"
+    text = makefile.read_text()
+    for version, patchlevel in (("6", "1"), ("7", "3")):
+        makefile.write_text(f"VERSION = {version}\nPATCHLEVEL = {patchlevel}\n{text}")
+        git(fake_tree, "commit", "-q", "-am", f"Linux {version}.{patchlevel}")
+        sha = git(fake_tree, "rev-parse", "HEAD")
+        target = replace(first, commit=replace(first.commit, sha=sha))
+        assert builder.series(target) == f"{version}.{patchlevel}"
+        assert builder.build_dir(target.arch, builder.series(target)).name == \
+            f"x86_64-tinyconfig-{version}.{patchlevel}"
+    assert builder.series(first) == ""  # no VERSION = line: one directory, as before
