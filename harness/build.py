@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from harness import kconfig
-from harness.config import Arch, Lab, shared_cache
+from harness.config import Arch, Lab, SeriesFragment, load_series, shared_cache
 from harness.gitrepo import Checkout
 from harness.model import Status
 from harness.model import Target as Target  # the older home
@@ -146,13 +146,17 @@ class Builder:
     lab: Lab
     ops: Ops
     checkout: Checkout
+    layers: tuple[SeriesFragment, ...] = field(default_factory=load_series)
+    _series: dict[str, str] = field(default_factory=dict)
 
     @property
     def fragments(self) -> list[Path]:
         return list(self.lab.build.fragments)
 
-    def frags_for(self, arch: Arch) -> list[Path]:
-        return self.fragments + [arch.fragment]
+    def frags_for(self, arch: Arch, series: str = "") -> list[Path]:
+        """The lab's fragments, the arch's, then the series layers (kernels/series.yaml)."""
+        layers = [s.fragment for s in self.layers if s.covers(series)]
+        return self.fragments + [arch.fragment] + layers
 
     def jobs(self) -> int:
         return self.lab.build.jobs or os.cpu_count() or 1
@@ -162,7 +166,8 @@ class Builder:
         extra = [target.commit.tree, arch.name, self.lab.build.base,
                  compiler_version(self.ops, arch), str(self.lab.build.ccache),
                  repr(sorted(KBUILD_ENV.items()))]
-        frags = kconfig.fingerprint(self.frags_for(arch) + list(target.variant.patches), extra)
+        frags = kconfig.fingerprint(self.frags_for(arch, self.series(target)) +
+                                    list(target.variant.patches), extra)
         return f"{arch.name}-{frags}"
 
     def build_dir(self, arch: Arch, series: str = "") -> Path:
@@ -175,12 +180,14 @@ class Builder:
 
     def series(self, target: Target) -> str:
         """The kernel series of the commit, from its top Makefile (VERSION, PATCHLEVEL)."""
-        found = self.ops.run(["git", "-C", str(self.checkout.origin), "show",
-                              f"{target.commit.sha}:Makefile"], check=False, quiet=True)
-        numbers = dict(SERIES_RE.findall(found.stdout[:2000]))
-        if "VERSION" in numbers and "PATCHLEVEL" in numbers:
-            return f"{numbers['VERSION']}.{numbers['PATCHLEVEL']}"
-        return ""
+        sha = target.commit.sha
+        if sha not in self._series:
+            found = self.ops.run(["git", "-C", str(self.checkout.origin), "show",
+                                  f"{sha}:Makefile"], check=False, quiet=True)
+            numbers = dict(SERIES_RE.findall(found.stdout[:2000]))
+            self._series[sha] = f"{numbers['VERSION']}.{numbers['PATCHLEVEL']}" \
+                if "VERSION" in numbers and "PATCHLEVEL" in numbers else ""
+        return self._series[sha]
 
     def cache_dir(self, key: str) -> Path:
         return shared_cache() / "kernels" / key
@@ -248,7 +255,7 @@ class Builder:
             if why:
                 return BuildResult(target, Status.FAIL, key, log, errors=(why,))
         progress.set_stage("configure")
-        errors = self._configure(target.arch, bdir, log)
+        errors = self._configure(target.arch, bdir, log, self.series(target))
         if errors:
             progress.finish(f"config error: {'; '.join(errors)}")
             return BuildResult(target, Status.FAIL, key, log, errors=tuple(errors))
@@ -294,7 +301,7 @@ class Builder:
             return ""
         return self.ops.run(["ccache", *args], env=self._env(), check=False, quiet=True).stdout
 
-    def _configure(self, arch: Arch, bdir: Path, log: Path) -> list[str]:
+    def _configure(self, arch: Arch, bdir: Path, log: Path, series: str = "") -> list[str]:
         """base config + fragments (merge_config.sh) + olddefconfig, then check every
         requested option; returns what went wrong. An unchanged .config keeps its
         mtime, so a reconfigure alone causes no rebuild."""
@@ -302,7 +309,7 @@ class Builder:
         old = (dot.read_bytes(), dot.stat()) if dot.exists() else None
         src = self.checkout.path
         make = make_argv(arch, src, bdir, self.jobs(), self.lab.build.ccache)
-        frags = self.frags_for(arch)
+        frags = self.frags_for(arch, series)
         steps = [make + [self.lab.build.base],
                  [str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(bdir),
                   str(dot), *map(str, frags)],

@@ -194,6 +194,52 @@ def load_arches(path: Path = ARCHES_FILE) -> tuple[Arch, ...]:
     return tuple(arches)
 
 
+SERIES_FILE = PROJECT / "kernels" / "series.yaml"
+
+
+@dataclass(frozen=True)
+class SeriesFragment:
+    """A Kconfig fragment for a range of kernel series (inclusive; "" is open)."""
+
+    fragment: Path
+    first: str = ""
+    last: str = ""
+
+    def covers(self, series: str) -> bool:
+        if not series:
+            return False
+        at = series_key(series)
+        return (not self.first or series_key(self.first) <= at) and \
+            (not self.last or at <= series_key(self.last))
+
+
+def series_key(series: str) -> tuple[int, int]:
+    major, _, minor = series.partition(".")
+    return int(major), int(minor or 0)
+
+
+def load_series(path: Path = SERIES_FILE) -> tuple[SeriesFragment, ...]:
+    """kernels/series.yaml: what the Kconfig of a range of series needs on top of the
+    lab's fragments, so that every series from 6.1 on gets the same kernel."""
+    raw, numbers = read_yaml(path, "series file")
+    top = Table({"series": raw}, str(path), "", numbers)
+    items = top.take("series", list, [])
+    out = []
+    for i, item in enumerate(items):
+        t = Table(item, str(path), f"[{i}]", numbers)
+        fragment = path.parent / t.take("fragment", str, required=True)
+        first, last = t.take("first", str, ""), t.take("last", str, "")
+        t.done()
+        for key, value in (("first", first), ("last", last)):
+            if value and not re.fullmatch(r"\d+\.\d+", value):
+                raise ConfigError(str(path), f"[{i}].{key}", f"a series like 7.0, got {value!r}")
+        if not fragment.is_file():
+            raise ConfigError(str(path), f"[{i}].fragment",
+                              f"an existing Kconfig fragment, but {fragment} does not exist")
+        out.append(SeriesFragment(fragment, first, last))
+    return tuple(out)
+
+
 def find_arch(arches: tuple[Arch, ...], name: str, file: str, key: str) -> Arch:
     for arch in arches:
         if name == arch.name or name in arch.aliases:

@@ -310,3 +310,12 @@ def test_each_kernel_series_gets_a_build_directory_of_its_own(session: Session,
         assert builder.build_dir(target.arch, builder.series(target)).name == \
             f"x86_64-tinyconfig-{version}.{patchlevel}"
     assert builder.series(first) == ""  # no VERSION = line: one directory, as before
+
+
+def test_the_series_layer_applies_to_its_series_only(session: Session) -> None:
+    builder = session.builder()
+    arch = session.lab.arches[0]
+    seven = [f.name for f in builder.frags_for(arch, "7.3")]
+    assert seven[-1] == "7.config" and "7.config" not in \
+        [f.name for f in builder.frags_for(arch, "6.1")]
+    assert builder.frags_for(arch, "") == builder.frags_for(arch, "6.12")

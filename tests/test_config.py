@@ -298,3 +298,20 @@ def test_a_key_that_is_not_a_string_is_refused_as_unknown(write_lab: Writer) -> 
     with pytest.raises(ConfigError) as err:
         load_lab(write_lab(DEBIAN + "guest: {1: 2, zz: 3}\n"))
     assert err.value.key == "guest.1"
+
+
+def test_the_series_layers_are_data_checked_like_the_lab_file(tmp_path: Path) -> None:
+    from harness.config import load_series
+    (tmp_path / "a.config").write_text("CONFIG_X=y\n")
+    good = tmp_path / "series.yaml"
+    good.write_text('- {fragment: a.config, first: "7.0", last: "7.9"}\n')
+    layer = load_series(good)[0]
+    assert layer.covers("7.3") and not layer.covers("6.12") and not layer.covers("8.0")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- {fragment: a.config, first: 7.10}\n")
+    with pytest.raises(ConfigError, match=r"\[0\]\.first"):
+        load_series(bad)
+    bad.write_text('- {fragment: nope.config}\n')
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_series(bad)
+    assert [s.first for s in load_series()] == ["7.0"]  # the lab's own file loads
