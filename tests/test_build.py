@@ -316,6 +316,7 @@ def test_the_series_layer_applies_to_its_series_only(session: Session) -> None:
     builder = session.builder()
     arch = session.lab.arches[0]
     seven = [f.name for f in builder.frags_for(arch, "7.3")]
-    assert seven[-1] == "7.config" and "7.config" not in \
+    assert seven[-2:] == ["6.12.config", "7.config"] and "7.config" not in \
         [f.name for f in builder.frags_for(arch, "6.1")]
-    assert builder.frags_for(arch, "") == builder.frags_for(arch, "6.12")
+    assert builder.frags_for(arch, "") == builder.frags_for(arch, "6.1")
+    assert [f.name for f in builder.frags_for(arch, "6.12")][-1] == "6.12.config"
