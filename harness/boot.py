@@ -95,7 +95,7 @@ class BootedGuest:
         def why() -> str | None:
             report = self.guest.report()
             if report.panic:
-                return f"the kernel panicked: {report.bug or 'Kernel panic'}"
+                return f"the kernel panicked: {report.panic_line or 'Kernel panic'}"
             if self.guest.console_closed():
                 code = self.guest.returncode()
                 return f"QEMU exited ({'signal ' + str(-code) if code and code < 0 else code})"
@@ -215,7 +215,7 @@ def _wait(guest: _Watched, ssh: _Connects, settings: GuestSettings,
         exited = guest.console_closed()  # first: once closed, the report is complete
         report = guest.report()
         ready_s = None
-        if report.init and not exited and report.bug is None:
+        if report.init and not exited and not report.panic:
             remaining = settings.boot_timeout - guest.elapsed()
             patience = 5.0 if report.sshd_started else 1.0
             try:

@@ -2,8 +2,10 @@
 
 The parser states facts (first and last output, panics, KASAN, init reached); the
 caller supplies the clock, whether QEMU is still running and whether SSH answered,
-and classify() turns both into one state. A crash beats everything: a kernel that
-oopses during boot and still lets SSH in is a kernel bug, not a ready guest."""
+and classify() turns both into one state. A panic beats everything. A report the
+kernel survives (KASAN, WARNING, an oops outside init) does not decide the boot: the
+report parser ties it to the boot, outside any test, and it fails the target there
+with its own signature, where a boot verdict would have named only its first line."""
 
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ class ConsoleReport:
     bug: str | None  # the first panic / Oops / BUG line
     panic: bool  # the kernel said "Kernel panic - not syncing"
     tail: tuple[str, ...]
+    panic_line: str | None = None  # that line
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class ConsoleWatch:
         self.release: str | None = None
         self.init: str | None = None
         self.bug: str | None = None
+        self.panic_line: str | None = None
         self.kasan = self.sshd = self.panic = False
         self.recent: deque[str] = deque(maxlen=tail)
         self.running: tuple[str, float | None] | None = None  # test, host s at begin
@@ -99,6 +103,8 @@ class ConsoleWatch:
         self.init = self.init or _group(INIT_RE, text)
         self.kasan = self.kasan or bool(KASAN_RE.search(text))
         self.sshd = self.sshd or bool(SSHD_RE.search(text))
+        if self.panic_line is None and "Kernel panic - not syncing" in text:
+            self.panic_line = text.strip()
         self.panic = self.panic or bool(PANIC_RE.search(text))
         if self.bug is None and BUG_RE.search(text):
             self.bug = text.strip()
@@ -111,7 +117,8 @@ class ConsoleWatch:
 
     def report(self) -> ConsoleReport:
         return ConsoleReport(self.count, self.first, self.last, self.release, self.kasan,
-                             self.init, self.sshd, self.bug, self.panic, tuple(self.recent))
+                             self.init, self.sshd, self.bug, self.panic, tuple(self.recent),
+                             self.panic_line)
 
 
 def parse(lines: Iterable[str], tail: int = TAIL) -> ConsoleReport:
@@ -138,9 +145,10 @@ def parse_file(path: Path, tail: int = TAIL) -> ConsoleReport:
 def classify(report: ConsoleReport, *, now_s: float, exited: bool, ssh_ready: bool,
              silence_limit_s: float, ready_limit_s: float,
              log: Path | None = None) -> Verdict:
-    """One state from the console facts and the caller's facts, crashed beats all."""
-    if report.bug is not None:
-        return Verdict(State.PANIC, report.bug, report, log)
+    """One state from the console facts and the caller's facts; a panic beats all."""
+    if report.panic:
+        return Verdict(State.PANIC, report.panic_line or report.bug or "Kernel panic", report,
+                       log)
     if ssh_ready:
         return Verdict(State.READY, "SSH answered", report, log)
     if exited:

@@ -119,3 +119,29 @@ def test_the_stack_dumps_taken_from_a_hung_guest_are_not_mistaken_for_a_crash() 
     assert any("Show Blocked State" in line for line in
                (LOGS / "x86_64_root_never_appears_hang_sysrq.log").read_text().splitlines())
     assert report.bug is None and not report.panic
+
+
+def test_a_report_the_kernel_survives_at_boot_does_not_decide_the_boot() -> None:
+    # The lab's 6.1 kernels have printed, once in many boots, an early KASAN
+    # wild-memory-access and booted on: a report to tie to the boot, not a panic.
+    clean = (LOGS / "x86_64_lean_init_clean_boot.log").read_text().splitlines()
+    uaf = (LOGS / "x86_64_uaf_inject_map_in_map.log").read_text().splitlines()
+    start = next(i for i, line in enumerate(uaf) if "BUG: KASAN:" in line)
+    at = next(i for i, line in enumerate(clean) if "as init process" in line)
+    log = clean[:at] + uaf[start - 1:start + 40] + clean[at:]
+    report = parse(log)
+    assert report.bug is not None and "KASAN" in report.bug and not report.panic
+    state = classify(report, now_s=9.0, exited=False, ssh_ready=True, silence_limit_s=30,
+                     ready_limit_s=90).state
+    assert state is State.READY
+
+
+def test_a_panic_is_named_by_its_panic_line_even_after_an_earlier_report() -> None:
+    uaf = (LOGS / "x86_64_uaf_inject_map_in_map.log").read_text().splitlines()
+    start = next(i for i, line in enumerate(uaf) if "BUG: KASAN:" in line)
+    panic = (LOGS / "x86_64_init_exits_panic.log").read_text().splitlines()
+    verdict = classify(parse(uaf[start - 1:start + 40] + panic), now_s=20.0, exited=True,
+                       ssh_ready=False, silence_limit_s=30, ready_limit_s=90)
+    assert verdict.state is State.PANIC
+    assert verdict.reason.endswith("Kernel panic - not syncing: Attempted to kill init! "
+                                   "exitcode=0x00000100")
