@@ -149,6 +149,12 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class KnownReport:
+    signature: str
+    why: str
+
+
+@dataclass(frozen=True)
 class Lab:
     path: Path
     workdir: Path
@@ -158,6 +164,9 @@ class Lab:
     variants: tuple[Variant, ...]
     guest: GuestSettings = GuestSettings()
     limits: Limits = Limits()
+    # Reports this lab's own environment prints outside any test, declared with why:
+    # kept and shown, but they do not fail kernel-health.
+    known_reports: tuple["KnownReport", ...] = ()
 
     def arch(self, name: str) -> Arch:
         return find_arch(self.arches, name, str(self.path), "--arch")
@@ -407,5 +416,18 @@ def load_lab(path: Path = DEFAULT_LAB, arches_file: Path = ARCHES_FILE) -> Lab:
     variants = _variants(top, base, arches)
     guest = _guest(top.sub("guest"))
     limits = _limits(top.sub("limits"))
+    noise = _known_reports(top)
     top.done()
-    return Lab(path, workdir, source, arches, build, variants, guest, limits)
+    return Lab(path, workdir, source, arches, build, variants, guest, limits, noise)
+
+
+def _known_reports(top: Table) -> tuple[KnownReport, ...]:
+    out = []
+    for i, item in enumerate(top.take("known_reports", list, [])):
+        t = Table(item, top.file, f"known_reports[{i}]", top.numbers)
+        signature, why = t.take("signature", str, required=True), t.take("why", str, required=True)
+        t.done()
+        if not signature.strip() or not why.strip():
+            raise ConfigError(top.file, f"known_reports[{i}]", "a signature and why, both non-empty")
+        out.append(KnownReport(signature, why))
+    return tuple(out)

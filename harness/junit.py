@@ -16,7 +16,7 @@ from typing import Iterable
 from junitparser import (Error, Failure, JUnitXml, Properties, Property, Skipped, TestCase,
                          TestSuite)
 
-from harness.config import ExpectedReport
+from harness.config import ExpectedReport, KnownReport
 from harness.kreport import Report
 from harness.model import Status
 
@@ -184,11 +184,18 @@ def is_expected(report: Report, expected: tuple[ExpectedReport, ...]) -> bool:
     return any(e.test == report.test and titles & set(e.signatures) for e in expected)
 
 
+def is_known(report: Report, known: tuple[KnownReport, ...]) -> bool:
+    """Outside any test, and declared by the lab as its environment's (known_reports)."""
+    titles = {report.signature, report.syz_title or report.signature}
+    return report.test is None and any(k.signature in titles for k in known)
+
+
 def tie_reports(cases: list[Case], reports: list[Report], expected: tuple[ExpectedReport, ...],
-                health_name: str = HEALTH) -> list[Case]:
+                health_name: str = HEALTH, known: tuple[KnownReport, ...] = ()) -> list[Case]:
     """Reports inside a test's markers go to that case (an error unless the variant
-    expects that signature from that test); the rest fail the kernel-health case,
-    which also fails when an expected report never came."""
+    expects that signature from that test); the rest fail the kernel-health case
+    (unless the lab declares them known), which also fails when an expected report
+    never came."""
     out = {c.test_id: c for c in cases}
     stray: list[Report] = []
     for report in reports:
@@ -198,12 +205,15 @@ def tie_reports(cases: list[Case], reports: list[Report], expected: tuple[Expect
             continue
         out[case.test_id] = replace(case, reports=case.reports + (report,))
     final = [_judge(c, expected) for c in out.values()]
-    problems = [f"kernel report outside any test: {r.signature}" for r in stray]
+    problems = [f"kernel report outside any test: {r.signature}" for r in stray
+                if not is_known(r, known)]
     problems += [f"expected kernel report never appeared: {' or '.join(e.signatures)} in "
                  f"{e.test}" for e in expected
                  if not any(is_expected(r, (e,)) for r in reports)]
+    notes = [f"known to this lab, not counted: {r.signature}" for r in stray
+             if is_known(r, known)]
     health = Case("lab", "lab", health_name, Status.FAIL if problems else Status.PASS,
-                  message="; ".join(problems), reports=tuple(stray))
+                  message="; ".join(problems + notes), reports=tuple(stray))
     return final + [health]
 
 

@@ -54,7 +54,8 @@ def fingerprint(builder: Builder, target: Target, shared: bytes, session: Sessio
     h = hashlib.sha256(builder.key(target).encode())
     h.update(shared)
     v = target.variant
-    h.update(repr((v.reverts, v.backports, v.expect_reports)).encode())
+    h.update(repr((v.reverts, v.backports, v.expect_reports,
+                   session.lab.known_reports)).encode())
     h.update(json.dumps([asdict(session.lab.guest), asdict(session.lab.limits)],
                         sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]

@@ -245,9 +245,11 @@ def collect(ctx: Context, target: Target, build: BuildResult, run: GuestRun, tdi
         cases = [junit.case_of(t, s, Status.ERROR, f"not run: {why}")
                  for s, ids in ctx.catalog.items() for t in ids]
     expected = target.variant.expect_reports
-    tied = junit.tie_reports(cases, [r for _, r in pairs], expected) if ready else cases
-    refs = ctx.store.save_reports(target, pairs, [junit.is_expected(r, expected)
-                                                  for _, r in pairs])
+    known = ctx.lab.known_reports
+    tied = junit.tie_reports(cases, [r for _, r in pairs], expected, known=known) \
+        if ready else cases
+    refs = ctx.store.save_reports(target, pairs, [junit.is_expected(r, expected) or
+                                                  junit.is_known(r, known) for _, r in pairs])
     write_atomic(tdir / "suites.log", run.log)
     junit.write(tied, f"{target.arch.name}/{target.commit.name}/{target.variant.name}",
                 {"commit": target.commit.sha, "commit_name": target.commit.name,

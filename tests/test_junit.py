@@ -161,3 +161,16 @@ def test_a_tests_own_properties_survive_into_the_targets_junit(tmp_path: Path) -
     out = tmp_path / "junit.xml"
     junit.write(read, "x86_64/v6.1.192/leak-inject", {}, out)
     assert junit.from_junit(out, "python")[0].properties == read[0].properties
+
+
+def test_a_report_the_lab_declares_known_is_kept_but_does_not_fail_health() -> None:
+    from harness.config import KnownReport
+    noise = report(None, "KASAN: wild-memory-access Write in handle_edge_irq")
+    known = (KnownReport(noise.signature, "early boot under TCG"),)
+    tied = junit.tie_reports(cases(), [noise], (), known=known)
+    assert tied[-1].status is Status.PASS and tied[-1].reports == (noise,)
+    assert "known to this lab, not counted" in tied[-1].message
+    in_test = junit.tie_reports(cases(), [report(UAF, noise.signature)], (), known=known)
+    assert in_test[0].status is Status.ERROR  # only outside any test
+    other = junit.tie_reports(cases(), [report(None)], (), known=known)
+    assert other[-1].status is Status.FAIL

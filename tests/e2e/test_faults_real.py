@@ -78,7 +78,9 @@ def test_a_kernel_that_panics_inside_a_test_fails_that_test_and_the_rest_still_r
     assert code == 1, out[-3000:]
     m = outcome(tmp_path, "test-panic")
     assert m["stages"] == {"build": "pass", "boot": "pass", "tests": "fail"}
-    assert m["boots"] == 2
+    # 2 boots, or 3 when the fresh one printed the lab's known early-boot report
+    # (KASAN reports once per boot: that boot is no use for the UAF reruns)
+    assert m["boots"] in (2, 3)
     counts = m["counts"]
     assert isinstance(counts, dict) and counts["error"] == 1 and counts["fail"] == 0
     reports = m["reports"]
@@ -105,7 +107,7 @@ def test_a_guest_killed_from_the_host_mid_test_is_an_error_on_that_test(
     assert code == 1, out[-3000:]
     m = outcome(tmp_path, "base")
     assert m["stages"] == {"build": "pass", "boot": "pass", "tests": "fail"}
-    assert m["boots"] == 2 and KILLED_IN in str(m["reason"])
+    assert m["boots"] in (2, 3) and KILLED_IN in str(m["reason"])
     counts = m["counts"]
     assert isinstance(counts, dict) and counts["error"] == 1
     assert counts["pass"] + counts["skip"] == counts["total"] - 1
