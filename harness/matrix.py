@@ -161,7 +161,3 @@ class Runner:
         eta = f", about {fmt_secs(elapsed / index * (total - index))} left" if index else ""
         print(f"\n== [{index + 1}/{total}] {target.label} ({fmt_secs(elapsed)} elapsed{eta})",
               flush=True)
-
-
-def selection(arch: str | None, variant: str | None, commit: str | None) -> Selection:
-    return Selection(arch, variant, commit)
