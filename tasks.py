@@ -147,12 +147,16 @@ def report(c: Context, run_dir: str, lab: str = "") -> None:
 
 @task(help={"fast": "unit tests only (seconds); the default also runs the end-to-end "
                     "tests against real kernels and guests",
+            "full": "also the slower end-to-end tests (the whole default lab, systemd "
+                    "boots, the suites' finer checks): run before resolving an issue",
             "k": "only tests matching this pytest -k expression"})
-def test(c: Context, fast: bool = False, k: str = "") -> None:
+def test(c: Context, fast: bool = False, full: bool = False, k: str = "") -> None:
     """Run the test suite: unit tests (seconds), then end to end (real kernels, guests)."""
     failed = 0
     for marks in (["not e2e"] if fast else ["not e2e", "e2e"]):
         argv = [sys.executable, "-m", "pytest", str(PROJECT / "tests"), "-m", marks]
+        argv += ["--durations=20"] if marks == "e2e" else []
+        argv += ["--full"] if full else []
         argv += ["-k", k] if k else []
         result = c.run(shlex.join(argv), pty=False, warn=True)
         code = result.exited if result is not None else 2

@@ -10,6 +10,22 @@ from typing import Callable
 import pytest
 
 DATA = Path(__file__).parent / "data"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--full", action="store_true",
+                     help="also the end-to-end tests marked full (./lab test --full)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked full are deselected unless --full: ./lab test keeps a layer that
+    touches every real component within CI's time, ./lab test --full runs the rest."""
+    if config.getoption("--full"):
+        return
+    kept = [i for i in items if i.get_closest_marker("full") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t", "GIT_AUTHOR_DATE": "2023-01-01T00:00:00",
            "GIT_COMMITTER_DATE": "2023-01-01T00:00:00", "PATH": "/usr/bin:/bin"}

@@ -145,6 +145,7 @@ def test_a_kernel_waiting_forever_for_its_root_is_a_hang_after_the_silence(
         assert "Show Blocked State" in o.console_log.read_text()
 
 
+@pytest.mark.full  # a systemd boot takes minutes under TCG
 @pytest.mark.parametrize("arch", ARCH_NAMES)
 def test_the_stock_systemd_boot_reaches_ssh_too(arch: str, lab_workdir: Path) -> None:
     kernel = lab_kernel(arch)

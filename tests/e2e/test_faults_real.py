@@ -22,21 +22,42 @@ KILLED_IN = "map_in_map::race_kprobe_inner_map_free"
 PANICS_IN = "test_map_in_map_basic.py::test_cgroup_storage_maps_are_refused_as_inner_maps[shared]"
 
 
-def lab_matrix(variant: str, run_dir: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([str(PROJECT / "lab"), "matrix", "--lab", str(LAB), "--variant",
-                             variant, "--run-dir", str(run_dir)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+def lab_matrix(variant: str, run_dir: Path) -> subprocess.Popen[bytes]:
+    """./lab matrix on one fault variant; its output goes to a file next to the run
+    (a pipe nobody reads while the test waits would stall the lab once full)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with output_of(run_dir).open("wb") as out:
+        return subprocess.Popen([str(PROJECT / "lab"), "matrix", "--lab", str(LAB),
+                                 "--variant", variant, "--run-dir", str(run_dir)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def finish(proc: subprocess.Popen[str], limit: float = 2400) -> tuple[int, str, float]:
+def output_of(run_dir: Path) -> Path:
+    return run_dir.parent / f"{run_dir.name}.out"
+
+
+def finish(proc: subprocess.Popen[bytes], run_dir: Path,
+           limit: float = 2400) -> tuple[int, str, float]:
     started = time.monotonic()
     try:
-        out, _ = proc.communicate(timeout=limit)
+        proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)  # the lab we started, and its QEMU
-        out, _ = proc.communicate(timeout=60)
-        pytest.fail(f"./lab matrix did not finish in {limit} s:\n{out[-3000:]}")
-    return proc.returncode, out, time.monotonic() - started
+        stop(proc)
+        pytest.fail(f"./lab matrix did not finish in {limit} s:\n{tail(run_dir)}")
+    return proc.returncode, tail(run_dir), time.monotonic() - started
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the lab we started and its QEMU (its own process group), and wait."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+
+
+def tail(run_dir: Path) -> str:
+    return output_of(run_dir).read_text(errors="replace")[-6000:]
 
 
 def outcome(run_dir: Path, variant: str) -> dict[str, object]:
@@ -49,7 +70,7 @@ def junit(run_dir: Path, variant: str) -> str:
 
 
 def test_a_patch_that_does_not_compile_is_a_failed_build(tmp_path: Path) -> None:
-    code, out, _ = finish(lab_matrix("compile-error", tmp_path))
+    code, out, _ = finish(lab_matrix("compile-error", tmp_path), tmp_path)
     assert code == 1, out[-3000:]
     m = outcome(tmp_path, "compile-error")
     assert m["stages"] == {"build": "fail", "boot": "skip", "tests": "skip"}
@@ -63,7 +84,7 @@ def test_a_patch_that_does_not_compile_is_a_failed_build(tmp_path: Path) -> None
 ])
 def test_a_kernel_that_dies_at_boot_is_a_failed_boot(tmp_path: Path, variant: str,
                                                      state: str, words: str) -> None:
-    code, out, _ = finish(lab_matrix(variant, tmp_path))
+    code, out, _ = finish(lab_matrix(variant, tmp_path), tmp_path)
     assert code == 1, out[-3000:]
     m = outcome(tmp_path, variant)
     assert m["stages"] == {"build": "pass", "boot": "fail", "tests": "skip"}
@@ -74,7 +95,7 @@ def test_a_kernel_that_dies_at_boot_is_a_failed_boot(tmp_path: Path, variant: st
 
 def test_a_kernel_that_panics_inside_a_test_fails_that_test_and_the_rest_still_runs(
         tmp_path: Path) -> None:
-    code, out, _ = finish(lab_matrix("test-panic", tmp_path))
+    code, out, _ = finish(lab_matrix("test-panic", tmp_path), tmp_path)
     assert code == 1, out[-3000:]
     m = outcome(tmp_path, "test-panic")
     assert m["stages"] == {"build": "pass", "boot": "pass", "tests": "fail"}
@@ -102,8 +123,11 @@ def test_a_guest_killed_from_the_host_mid_test_is_an_error_on_that_test(
             break
         time.sleep(0.2)
     killed = kill_qemu_under(proc.pid)
-    assert killed, "no QEMU of ours was running when the test began"
-    code, out, _ = finish(proc)
+    if not killed:
+        stop(proc)
+        pytest.fail(f"no QEMU of ours ran {KILLED_IN} (lab exit {proc.returncode}):\n"
+                    f"{tail(tmp_path)}")
+    code, out, _ = finish(proc, tmp_path)
     assert code == 1, out[-3000:]
     m = outcome(tmp_path, "base")
     assert m["stages"] == {"build": "pass", "boot": "pass", "tests": "fail"}

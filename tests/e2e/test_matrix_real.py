@@ -31,27 +31,41 @@ def counting(calls: list[str]) -> matrix.Seams:
     return matrix.Seams(boot=counted)
 
 
+# ./lab test runs the default lab's newest release (its kernels are the ones the other
+# real tests build); ./lab test --full runs the whole default lab, as ./lab matrix does.
+RELEASES = ("v6.1.190", "v6.1.192")
+
+
+def releases(config: pytest.Config) -> tuple[str, ...]:
+    return RELEASES if config.getoption("--full") else RELEASES[-1:]
+
+
+def selection(config: pytest.Config) -> Selection:
+    return Selection() if config.getoption("--full") else Selection(commit=RELEASES[-1])
+
+
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Verdict, list[str]]]:
+def run(request: pytest.FixtureRequest,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Verdict, list[str]]]:
     run_dir = tmp_path_factory.mktemp("matrix") / "run"
     calls: list[str] = []
-    result = matrix.matrix(Session(load_lab(), Ops()), run_dir, False, Selection(),
-                           counting(calls))
+    result = matrix.matrix(Session(load_lab(), Ops()), run_dir, False,
+                           selection(request.config), counting(calls))
     yield run_dir, result.verdict, calls
 
 
-def test_every_target_of_the_default_lab_ran_as_expected(run: tuple[Path, Verdict, list[str]]) -> None:
+def test_every_target_of_the_default_lab_ran_as_expected(
+        run: tuple[Path, Verdict, list[str]], request: pytest.FixtureRequest) -> None:
     run_dir, code, calls = run
     summary = json.loads((run_dir / "summary.json").read_text())
     labels = sorted(f"{t['name']} {t['arch']} {t['variant']}" for t in summary["targets"])
-    assert labels == ["v6.1.190 arm64 base", "v6.1.190 x86_64 base",
-                      "v6.1.190 x86_64 leak-inject", "v6.1.190 x86_64 uaf-inject",
-                      "v6.1.192 arm64 base", "v6.1.192 x86_64 base",
-                      "v6.1.192 x86_64 leak-inject", "v6.1.192 x86_64 uaf-inject"]
+    names = releases(request.config)
+    assert labels == sorted(f"{n} {av}" for n in names for av in (
+        "arm64 base", "x86_64 base", "x86_64 leak-inject", "x86_64 uaf-inject"))
     # one boot per target; on the uaf-inject kernels a fresh boot after each KASAN
     # report for the tests it left blind and the rest (KASAN reports once per boot):
     # python, its race, C, C's two races, the sleepable race alone
-    assert len(calls) == 6 + 2 * 5, calls
+    assert len(calls) == len(names) * (3 + 5), calls
     assert code is Verdict.OK, json.dumps(summary["targets"], indent=1)[:4000]
 
 
@@ -65,9 +79,9 @@ def test_each_target_left_its_files(run: tuple[Path, Verdict, list[str]]) -> Non
 
 
 def test_the_fault_injection_report_is_tied_to_the_uaf_test(
-        run: tuple[Path, Verdict, list[str]]) -> None:
+        run: tuple[Path, Verdict, list[str]], request: pytest.FixtureRequest) -> None:
     run_dir, _, _ = run
-    for name in ("v6.1.190", "v6.1.192"):
+    for name in releases(request.config):
         target = run_dir / "targets" / f"{name}__x86_64__uaf-inject"
         meta = json.loads((target / "metadata.json").read_text())
         assert all(r["signature"].startswith("KASAN: use-after-free") and r["expected"]
@@ -115,22 +129,23 @@ def test_the_leak_test_finds_the_injected_leak_and_only_there(
             assert leaks == [], reports
 
 
-def test_the_merged_junit_holds_every_target(run: tuple[Path, Verdict, list[str]]) -> None:
+def test_the_merged_junit_holds_every_target(run: tuple[Path, Verdict, list[str]],
+                                            request: pytest.FixtureRequest) -> None:
     run_dir, _, _ = run
     from junitparser import JUnitXml
     suites = [s.name for s in JUnitXml.fromfile(str(run_dir / "junit.xml"))]
-    assert sorted(suites) == sorted(f"{a}/{c}/{v}" for c in ("v6.1.190", "v6.1.192")
+    assert sorted(suites) == sorted(f"{a}/{c}/{v}" for c in releases(request.config)
                                     for a, v in (("x86_64", "base"), ("arm64", "base"),
                                                  ("x86_64", "uaf-inject"),
                                                  ("x86_64", "leak-inject")))
 
 
 def test_a_rerun_resumes_from_the_store_without_booting(
-        run: tuple[Path, Verdict, list[str]]) -> None:
+        run: tuple[Path, Verdict, list[str]], request: pytest.FixtureRequest) -> None:
     run_dir, first_code, _ = run
     calls: list[str] = []
-    result = matrix.matrix(Session(load_lab(), Ops()), run_dir, False, Selection(),
-                           counting(calls))
+    result = matrix.matrix(Session(load_lab(), Ops()), run_dir, False,
+                           selection(request.config), counting(calls))
     assert calls == [] and result.verdict == first_code
 
 

@@ -17,7 +17,9 @@ from harness.suites import Guard, Install, Rounds, SuiteRun
 
 from .conftest import BuiltKernel, boot_kernel, lab_kernel
 
-pytestmark = pytest.mark.e2e
+# The default lab's matrix runs both suites on these kernels in ./lab test; this
+# module's finer checks of them run with ./lab test --full.
+pytestmark = [pytest.mark.e2e, pytest.mark.full]
 C_TESTS = {"spin_lock_in_inner_map", "timer_in_inner_map", "kptr_in_inner_map",
            "sleepable_uaf_inner_map_free", "race_kprobe_inner_map_free",
            "race_sleepable_fentry_inner_map_free"}
