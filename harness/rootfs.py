@@ -167,23 +167,65 @@ def ensure_rootfs(workdir: Path, arch: Arch, ops: Ops, recipe_root: Path = RECIP
         if found:
             return found
         _build(recipe, arch, ops, final, lab_key)
-        _prune(final)
+        _prune(final, ops)
     built = _cached(final, arch, key, lab_key)
     assert built is not None
     return replace(built, cached=False)
 
 
-def _prune(keep: Path) -> None:
+def _prune(keep: Path, ops: Ops) -> None:
     """Images of older recipes for the same arch: ~300 MB each, never booted again."""
     arch_name = keep.name.rsplit("-", 1)[0]
     for old in keep.parent.glob(f"{arch_name}-*"):
         if old != keep and old.is_dir() and old.name.rsplit("-", 1)[0] == arch_name:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old, ops)
+
+
+def mounts_under(path: Path, mountinfo: str) -> list[Path]:
+    """Mount points at or below path in /proc/self/mountinfo text, deepest first."""
+    found = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        point = Path(_unescape(fields[4]))
+        if point == path or path in point.parents:
+            found.append(point)
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as \\ooo octal."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def remove_tree(path: Path, ops: Ops) -> None:
+    """rmtree that first unmounts what a killed mmdebstrap left mounted in its chroot
+    (/proc, /sys, and the host's own /dev/shm bind-mounted: a plain rmtree would empty
+    the host's /dev/shm). A mount that stays is an error naming it, never a deletion."""
+    if not path.exists():
+        return
+    real = path.resolve()
+    for point in mounts_under(real, Path("/proc/self/mountinfo").read_text()):
+        ops.run(["umount", "--lazy", str(point)], check=False, quiet=True)
+    left = mounts_under(real, Path("/proc/self/mountinfo").read_text())
+    if left:
+        raise LabError(f"cannot unmount {', '.join(map(str, left))}: left by an "
+                       f"interrupted rootfs build; unmount them, then remove {path}")
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _build(recipe: Recipe, arch: Arch, ops: Ops, final: Path, lab_key: LabKey) -> None:
     staging = final.with_name(f".build-{final.name}")
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_tree(staging, ops)
     tree = staging / "tree"
     staging.mkdir(parents=True)
     ensure_binfmt(arch, ops)
@@ -199,12 +241,12 @@ def _build(recipe: Recipe, arch: Arch, ops: Ops, final: Path, lab_key: LabKey) -
     shutil.copy(tree / HOST_KEY, staging / "ssh_host_ed25519_key.pub")
     if ops.stream(mke2fs_argv(tree, staging / "rootfs.ext4", recipe.size), log) != 0:
         raise LabError(f"mke2fs failed for {arch.name}: see {log}")
-    shutil.rmtree(tree)
+    remove_tree(tree, ops)
     seconds = round(time.monotonic() - started, 1)
     write_json(staging / "meta.json", {
         "arch": arch.name, "debian_arch": arch.debian_arch, "suite": recipe.suite,
         "packages": list(recipe.packages), "mirrors": mirrors, "size": recipe.size,
         "build_seconds": seconds, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                             time.gmtime())})
-    shutil.rmtree(final, ignore_errors=True)
+    remove_tree(final, ops)
     staging.rename(final)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 
 import shutil
@@ -250,3 +251,46 @@ def test_a_recipe_change_rebuilds_and_drops_the_old_image(
     new = rootfs.ensure_rootfs(tmp_path, NATIVE, ops, recipe)  # type: ignore[arg-type]
     assert new.key != old.key and not new.cached
     assert not old.dir.exists() and new.dir.exists()
+
+
+MOUNTINFO = """\
+22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+90 22 0:5 / /w/rootfs/.build-x/tree/proc rw - proc proc rw
+91 22 0:6 / /w/rootfs/.build-x/tree/sys rw - sysfs sysfs rw
+92 91 0:7 / /w/rootfs/.build-x/tree/sys/kernel/security rw - securityfs s rw
+93 22 0:8 /shm /w/rootfs/.build-x/tree/dev/shm rw - tmpfs tmpfs rw
+94 22 0:9 / /w/rootfs/.build-xy/tree/proc rw - proc proc rw
+95 22 0:10 / /w/with\\040space/proc rw - proc proc rw
+"""
+
+
+def test_mounts_under_a_tree_are_found_deepest_first_and_only_there() -> None:
+    found = rootfs.mounts_under(Path("/w/rootfs/.build-x"), MOUNTINFO)
+    assert found[0] == Path("/w/rootfs/.build-x/tree/sys/kernel/security")
+    assert sorted(found) == sorted(Path(f"/w/rootfs/.build-x/tree/{p}")
+                                   for p in ("proc", "sys", "sys/kernel/security", "dev/shm"))
+    assert rootfs.mounts_under(Path("/w/with space"), MOUNTINFO) == [
+        Path("/w/with space/proc")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_a_tree_left_mounted_is_unmounted_before_removal_and_the_bound_host_dir_survives(
+        tmp_path: Path) -> None:
+    """What a killed mmdebstrap leaves: the host's /dev/shm bind-mounted in the chroot
+    (here a stand-in directory) and a tmpfs. Removal must not empty the host's dir."""
+    host_shm = tmp_path / "host-shm"
+    host_shm.mkdir()
+    (host_shm / "someone-elses-segment").write_text("keep me")
+    tree = tmp_path / ".build-x" / "tree"
+    (tree / "dev" / "shm").mkdir(parents=True)
+    (tree / "proc").mkdir()
+    ops = Ops()
+    ops.run(["mount", "--bind", str(host_shm), str(tree / "dev" / "shm")])
+    ops.run(["mount", "-t", "tmpfs", "tmpfs", str(tree / "proc")])
+    try:
+        rootfs.remove_tree(tmp_path / ".build-x", ops)
+    finally:
+        for point in rootfs.mounts_under(tmp_path, Path("/proc/self/mountinfo").read_text()):
+            ops.run(["umount", "--lazy", str(point)], check=False)
+    assert not (tmp_path / ".build-x").exists()
+    assert (host_shm / "someone-elses-segment").read_text() == "keep me"
