@@ -107,6 +107,20 @@ def matrix(c: Context, lab: str = "", arch: str = "", variant: str = "", commit:
                                    selection).verdict)
 
 
+@task(help={"lab": LAB_HELP, "fix": "only this fix (an id of bpf_tests/commits.yaml)",
+            "commit": "only this commit (tag or sha)", "arch": "only this arch",
+            "force": "redo finished targets, kernel builds included",
+            "run_dir": "result store (default: work/runs/<lab name>-backports)"})
+def backports(c: Context, lab: str = "", fix: str = "", commit: str = "", arch: str = "",
+              force: bool = False, run_dir: str = "") -> None:
+    """Per fix of the table, kernel and arch: is it there (with evidence), and does it
+    fix the bug (its reproducers as is, and with it taken out)?"""
+    from harness.backports import backports as run_backports
+    selection = Selection(arch or None, None, commit or None)
+    _run(lab, lambda s: run_backports(s, Path(run_dir) if run_dir else None, force,
+                                      selection, fix).verdict)
+
+
 @task(help={"lab": LAB_HELP, "arch": "x86_64 or arm64",
             "commit": "commit (tag or sha; default: the newest of the lab's history)",
             "variant": "variant (default: base)", "init": "lean or systemd (default: the lab's guest.init)",
@@ -183,4 +197,5 @@ def setup(c: Context) -> None:
     print("setup: host packages and venv are in place")
 
 
-ns = Collection(setup, plan, build, boot, ssh, matrix, report, test, bench_build)
+ns = Collection(setup, plan, build, boot, ssh, matrix, backports, report, test,
+                bench_build)

@@ -123,6 +123,9 @@ class Variant:
     # a commit a fault-injection patch gives an older kernel): the suites treat them as
     # present, whatever the release says, and so expect the new behaviour.
     backports: tuple[str, ...] = ()
+    # Only these tests of the suites ("test_x.py::test_y", "map_in_map::name"); () is
+    # every test. Set by workflows that run a fix's reproducers alone (./lab backports).
+    tests: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

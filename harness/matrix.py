@@ -54,7 +54,7 @@ def fingerprint(builder: Builder, target: Target, shared: bytes, session: Sessio
     h = hashlib.sha256(builder.key(target).encode())
     h.update(shared)
     v = target.variant
-    h.update(repr((v.reverts, v.backports, v.expect_reports,
+    h.update(repr((v.reverts, v.backports, v.expect_reports, v.tests,
                    session.lab.known_reports)).encode())
     h.update(json.dumps([asdict(session.lab.guest), asdict(session.lab.limits)],
                         sort_keys=True, default=str).encode())
@@ -77,8 +77,14 @@ class Seams:
 
 def matrix(session: Session, run_dir: Path | None, force: bool, selection: Selection,
            seams: Seams = Seams()) -> MatrixResult:
-    store = Store(run_dir or run_dir_for(session))
-    targets = session.targets(selection)
+    return run_targets(session, Store(run_dir or run_dir_for(session)), force,
+                       session.targets(selection), seams)
+
+
+def run_targets(session: Session, store: Store, force: bool, targets: list[Target],
+                seams: Seams = Seams()) -> MatrixResult:
+    """Build, boot and test targets into store (resuming what it holds): the one path
+    every workflow takes, the matrix and ./lab backports alike."""
     with store.lock():
         builder = session.builder()
         order: dict[str, int] = {}

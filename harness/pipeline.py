@@ -23,7 +23,7 @@ from harness.progress import fmt_secs
 from harness.results import write_atomic
 from harness.ssh import SSHError
 from harness.store import Store, counts
-from harness.suites import BootEnd, Guard, Install, Rounds
+from harness.suites import BootEnd, Guard, Install, Pending, Rounds
 
 # The seam to the C suite's build: (workdir, arch, vmlinux, ops) -> the binary.
 CSuiteFn = Callable[[Path, Arch, Path, Ops], Path]
@@ -118,8 +118,10 @@ def run_guest(ctx: Context, target: Target, build: BuildResult, tdir: Path) -> G
     except LabError as exc:
         return GuestRun((), (), "", 0.0, 0.0, f"guest preparation: {exc}")
     c_binary, c_cases = _c_suite(ctx, target, build)
-    catalog = {s: ids for s, ids in ctx.catalog.items() if s == "python" or c_binary}
-    rounds = Rounds(catalog)
+    catalog = {s: ids for s, ids in tests_of(ctx, target).items() if s == "python" or c_binary}
+    # a variant running some tests only names them; the whole catalogue runs each suite
+    rounds = Rounds(catalog, [Pending(s, ids) for s, ids in catalog.items()]) \
+        if target.variant.tests else Rounds(catalog)
     setup = Install(_env(target), c_binary, _commits_file(ctx, target, build, tdir))
     boots: list[BootRecord] = []
     why, tests_s, lab_error = "", 0.0, ""
@@ -196,13 +198,24 @@ def _c_suite(ctx: Context, target: Target, build: BuildResult) -> tuple[Path | N
     """The C suite's binary for this kernel's BTF; when it does not build, each of its
     tests is an error saying so, and the Python suite still runs."""
     assert build.artifacts is not None
+    if "c" not in tests_of(ctx, target):
+        return None, ()
     try:
         return ctx.c_suite(ctx.lab.workdir, target.arch, build.artifacts / "vmlinux",
                            ctx.ops), ()
     except LabError as exc:
         why = f"not run: the C suite did not build: {exc}"
         return None, tuple(junit.case_of(t, "c", Status.ERROR, why)
-                           for t in ctx.catalog.get("c", ()))
+                           for t in tests_of(ctx, target).get("c", ()))
+
+
+def tests_of(ctx: Context, target: Target) -> dict[str, tuple[str, ...]]:
+    """The tests target must report, by suite: the catalogue, or the variant's share."""
+    wanted = target.variant.tests
+    if not wanted:
+        return ctx.catalog
+    chosen = {s: tuple(t for t in ids if t in wanted) for s, ids in ctx.catalog.items()}
+    return {s: ids for s, ids in chosen.items() if ids}
 
 
 def _commits_file(ctx: Context, target: Target, build: BuildResult, tdir: Path) -> Path:
@@ -243,7 +256,7 @@ def collect(ctx: Context, target: Target, build: BuildResult, run: GuestRun, tdi
         why = run.error or (f"the kernel did not boot ({run.boots[0].state}: "
                             f"{run.boots[0].reason})" if run.boots else "no boot")
         cases = [junit.case_of(t, s, Status.ERROR, f"not run: {why}")
-                 for s, ids in ctx.catalog.items() for t in ids]
+                 for s, ids in tests_of(ctx, target).items() for t in ids]
     expected = target.variant.expect_reports
     known = ctx.lab.known_reports
     tied = junit.tie_reports(cases, [r for _, r in pairs], expected, known=known) \

@@ -42,6 +42,7 @@ class Evidence:
     present: bool
     kind: str  # ancestor, backport, patch-id, reverted, unconfirmed, absent, unknown, changelog
     detail: str
+    sha: str = ""  # the commit that brings it into the tree (itself, or its backport)
 
 
 class Named(Protocol):
@@ -100,7 +101,8 @@ def in_git(ops: Ops, repo: Path, sha: str,
     walked = _walked(sha, bases)
     shallow = _git(ops, repo, "rev-parse", "--is-shallow-repository") == "true"
     return tuple(
-        Evidence(c.id, True, "ancestor", f"ancestor {known[c.id][:12]} {c.subject}")
+        Evidence(c.id, True, "ancestor", f"ancestor {known[c.id][:12]} {c.subject}",
+                 known[c.id])
         if c.id in ancestor else _backport(ops, repo, c, known[c.id], found, walked, shallow)
         for c in commits)
 
@@ -149,7 +151,7 @@ def _backport(ops: Ops, repo: Path, commit: Named, full: str, found: Sequence[Fo
                      for f in same if upstream_pid and _patch_id(ops, repo, f.sha) == upstream_pid]
     for f, kind, text in confirmed:
         if not _reverted_by(f, found):
-            return Evidence(commit.id, True, kind, text)
+            return Evidence(commit.id, True, kind, text, f.sha)
     if confirmed:
         f, _, text = confirmed[0]
         revert = _reverted_by(f, found)

@@ -6,6 +6,7 @@ text runs nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, replace
 from html import escape
@@ -183,7 +184,8 @@ def write_all(store: Store) -> tuple[str, Path]:
     trans, reports = transitions(cells), signatures(cells)
     write_json(store.root / "summary.json", summary(cells, trans, reports))
     page = store.root / "index.html"
-    write_atomic(page, render_html(cells, store.root, trans, reports))
+    write_atomic(page, render_html(cells, store.root, trans, reports,
+                                   backports_section(store.root)))
     return table(cells, reports), page
 
 
@@ -210,8 +212,27 @@ def _rows(rows: list[list[str]], empty: str, width: int) -> str:
                    for row in rows)
 
 
+def backports_section(root: Path) -> str:
+    """The verdicts of ./lab backports (backports.json) when this run has them."""
+    try:
+        found = json.loads((root / "backports.json").read_text()).get("backports")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not isinstance(found, list):
+        return ""
+    rows = [[str(r.get(k) or "") for k in ("fix", "kernel", "arch", "verdict", "evidence")]
+            + ["; ".join(f"{k.replace('_', ' ')}: {r[k]}" for k in ("as_is", "without",
+                                                                     "before") if r.get(k))
+               + "".join(f"; flag: {f}" for f in r.get("flags") or [])]
+            for r in found if isinstance(r, dict)]
+    return ("<h2>Backports: is each fix in the kernel, and does it fix the bug there?</h2>\n"
+            '<table id="backports"><tr><th>fix</th><th>kernel</th><th>arch</th>'
+            "<th>verdict</th><th>evidence</th><th>runs</th></tr>"
+            f"{_rows(rows, 'no fix was checked', 6)}</table>")
+
+
 def render_html(cells: list[Cell], root: Path, trans_rows: list[dict[str, str | None]],
-                reports: list[dict[str, object]]) -> str:
+                reports: list[dict[str, object]], extra: str = "") -> str:
     columns = sorted({c.column for c in cells})
     by_name: dict[str, dict[str, Cell]] = {}
     for cell in cells:
@@ -243,5 +264,6 @@ td.pass{{background:#d9f2d9}} td.fail,td.error{{background:#f8d0d0}} td.skip{{ba
 <h2>Kernel reports</h2>
 <table id="reports"><tr><th>signature</th><th>syzkaller title</th><th>where</th>
 <th>first seen</th><th>last seen</th></tr>{sigs}</table>
+{extra}
 </body></html>
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -71,8 +72,16 @@ class Stable:
                                           "4.12"), wanted])
         assert found is not None
         assert found[0] == Evidence(self.base[:10], True, "ancestor",
-                                    f"ancestor {self.base[:12]} bpf: Add array of maps support")
-        return found[1]
+                                    f"ancestor {self.base[:12]} bpf: Add array of maps support",
+                                    self.base)
+        answer = found[1]
+        if answer.present:  # the commit that brought it: in the history, with its subject
+            where = repo or self.repo
+            git(where, "merge-base", "--is-ancestor", answer.sha, self.tips[branch])
+            assert git(where, "show", "-s", "--format=%s", answer.sha) == wanted.subject
+        else:
+            assert answer.sha == ""
+        return replace(answer, sha="")
 
 
 @pytest.fixture
