@@ -28,7 +28,7 @@ from harness.errors import UserError
 from harness.gitrepo import git, source_repo
 from harness.main import Session
 from harness.matrix import Seams, run_targets
-from harness.model import Commit, Selection, Stage, Status, Target, Verdict
+from harness.model import Commit, Selection, Stage, Status, Target, TargetOutcome, Verdict
 from harness.results import write_atomic, write_json
 from harness.store import Store, load_outcome
 
@@ -56,6 +56,7 @@ class Seen:
 
     bug: bool | None  # None: no answer (not built, not booted, no test ran)
     detail: str
+    seconds: float = 0.0  # its kernel's build (0 when cached) and its guests
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,11 @@ def seen(store: Store, target: Target, fix: commits.Upstream) -> Seen:
         outcome = load_outcome(path / "metadata.json")
     except (OSError, ValueError):
         return Seen(None, "no result")
+    took = sum(outcome.durations.get(k, 0.0) for k in ("build", "total_guest"))
+    return replace(_seen(path, outcome, fix), seconds=round(took, 1))
+
+
+def _seen(path: Path, outcome: TargetOutcome, fix: commits.Upstream) -> Seen:
     if outcome.stages.get(Stage.BUILD) is not Status.PASS:
         return Seen(None, f"not built: {outcome.reason}")
     if outcome.stages.get(Stage.BOOT) is not Status.PASS:
@@ -301,7 +307,8 @@ def rows(verdicts: Sequence[FixVerdict]) -> list[dict[str, object]]:
             "as_is": v.as_is.detail,
             "without": v.without.detail if v.without else (c.no_without or None),
             "before": (f"{c.before.commit.name}: {v.before.detail}"
-                       if c.before and v.before else None)})
+                       if c.before and v.before else None),
+            "seconds": round(sum(s.seconds for s in (v.as_is, v.without, v.before) if s), 1)})
     return out
 
 
@@ -311,7 +318,7 @@ def table(verdicts: Sequence[FixVerdict]) -> str:
         verdict = str(r["verdict"]) + (" INCOMPLETE" if v.check.flags else "")
         lines.append(f"{r['fix']:<11} {str(r['kernel'])[:14]:<14} {r['arch']:<7} "
                      f"{verdict:<23} {'present' if r['present'] else 'absent'}: "
-                     f"{r['evidence']}")
+                     f"{r['evidence']} [{r['seconds']} s]")
         for key in ("as_is", "without", "before"):
             if r[key]:
                 lines.append(f"{'':<34}{key.replace('_', ' ')}: {r[key]}")

@@ -181,7 +181,9 @@ def test_an_unknown_fix_is_refused_with_the_choices() -> None:
 
 
 def check(present: bool, affected: bool = True) -> bp.Check:
-    return bp.Check(UAF, None, None, present, "", (), affected, None, None, None)  # type: ignore[arg-type]
+    # judge() reads presence and whether the fixed bug's origin is there, nothing else
+    return bp.Check(UAF, None, None, present, "", (), affected,  # type: ignore[arg-type]
+                    None, None, None)
 
 
 BUG, CLEAN, NONE = Seen(True, "bug"), Seen(False, "clean"), Seen(None, "not built")
