@@ -3,6 +3,8 @@ keep a checkout the lab owns (the user's working copy is never touched)."""
 
 from __future__ import annotations
 
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,8 +83,16 @@ class Checkout:
     ops: Ops
 
     def ensure(self) -> None:
+        """Cloned from origin; a checkout of another repository under the same name (a
+        lab whose git tree moved) is cloned again: it would lack the commits, and its
+        borrowed objects may be gone with the old repository."""
         if (self.path / ".git").exists():
-            return
+            url = git(self.ops, self.path, "config", "--get", "remote.origin.url", check=False)
+            if url == str(self.origin):
+                return
+            print(f"checkout {self.path} was cloned from {url or 'elsewhere'}, not "
+                  f"{self.origin}: cloning it again", file=sys.stderr, flush=True)
+            shutil.rmtree(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.ops.run(["git", "clone", "-q", "--shared", "--no-checkout",
                       str(self.origin), str(self.path)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from harness.config import Source
 from harness.errors import ConfigError
 from harness.gitrepo import Checkout, resolve
 from harness.ops import Ops
+from tests.conftest import git
 
 OPS = Ops(verbose=False)
 
@@ -60,3 +62,17 @@ def test_the_lab_checkout_leaves_the_users_working_copy_alone(fake_tree: Path,
     checkout.switch(resolve(OPS, fake_tree, src(fake_tree, commits=("v1",)), "x")[0].sha)
     assert (checkout.path / "map_in_map.c").read_text() == "int map_in_map;\n"
     assert (fake_tree / "map_in_map.c").read_text() == "user's uncommitted edit\n"
+
+
+def test_a_checkout_of_another_repository_under_the_same_name_is_cloned_again(
+        fake_tree: Path, tmp_path: Path) -> None:
+    """A lab whose git tree moved: the old clone lacks the new tree's commits."""
+    other = tmp_path / "other"
+    shutil.copytree(fake_tree, other)
+    git(other, "commit", "-q", "--allow-empty", "-m", "only in the moved tree")
+    new_head = git(other, "rev-parse", "HEAD")
+    Checkout(tmp_path / "co", fake_tree, OPS).switch(git(fake_tree, "rev-parse", "v1"))
+    moved = Checkout(tmp_path / "co", other, OPS)
+    moved.switch(new_head)
+    assert git(moved.path, "rev-parse", "HEAD") == new_head
+    assert git(moved.path, "config", "--get", "remote.origin.url") == str(other)
