@@ -20,6 +20,7 @@ from harness.ssh import OUTPUT_LIMIT, CommandResult, SSHError, Watch
 
 SUITES = PROJECT / "bpf_tests"
 REMOTE = "/root/bpf_tests"
+FINAL_SCAN_S = 180.0  # two kmemleak scans of a 2 GiB guest under TCG and KASAN
 C_CLASS = "map_in_map"  # JUnit classname c.map_in_map; kmsg markers map_in_map::<test>
 # In a skip reason of either suite: an earlier KASAN report of this boot left the test
 # blind (KASAN reports once per boot). The lab reruns such tests on a fresh boot.
@@ -243,7 +244,9 @@ class Rounds:
                 except SSHError as exc:
                     return self._fault(item, exc, running())
                 if self.queue and kasan_tainted(ssh):
-                    return BootEnd()
+                    break
+            if "python" in self.catalog:
+                self._final_scan(ssh, exports, guard)
         except SSHError as exc:
             self.faults.append(f"boot {self.boots}: {exc}")
             return BootEnd(str(exc), len(self.cases) > before)
@@ -263,6 +266,16 @@ class Rounds:
         blind = blinded(run.cases)
         if blind and blind != item.only:
             self.queue.insert(0, Pending(item.suite, blind))
+
+    def _final_scan(self, ssh: Shell, exports: str, guard: Guard) -> None:
+        """kmemleak once more after this boot's tests (bpfkit/leaks.py): what it finds
+        in BPF code goes to the kernel log, outside any test, so it is a report against
+        the kernel's health (a leak no test claimed)."""
+        done = ssh.run(f"cd {REMOTE}/python && {exports} python3 -m bpfkit.leaks",
+                       timeout=min(guard.timeout, FINAL_SCAN_S), watch=guard.watch,
+                       limit=guard.output_limit)
+        self.logs.append(f"$ final kmemleak scan (exit {done.exit_status})\n{done.stdout}"
+                         f"{done.stderr}")
 
     def _take(self, cases: tuple[Case, ...]) -> None:
         for case in cases:

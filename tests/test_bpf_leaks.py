@@ -5,8 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bpf_tests" / "python"))
 
+from bpfkit import leaks  # noqa: E402
 from bpfkit.leaks import Sweep, parse_kmemleak  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "kmemleak"
@@ -57,3 +60,31 @@ def test_a_sweep_counts_the_faults_that_failed_the_call() -> None:
     sweep = Sweep((12, 0, 12, 0), 0)
     assert sweep.failed == 2
     assert str(sweep) == "4 injected faults (ENOMEM ok ENOMEM ok); clean run: 0"
+
+
+def test_the_final_scan_reports_bpf_leaks_once_and_leaves_the_rest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a boot's tests: kmemleak's objects in BPF code go to the kernel log, except
+    those a test has already written there; objects of boot and drivers stay out."""
+    kmemleak = tmp_path / "kmemleak"
+    kmemleak.write_text(NEWER + NEWER.replace("0xffff888104e1d800", "0xffff888104e1f000"))
+    reported = tmp_path / "reported"
+    reported.write_text("0xffff888104e1d800\n")  # the leak test's, already in the log
+    written: list[bytes] = []
+    monkeypatch.setattr(leaks, "KMEMLEAK", str(kmemleak))
+    monkeypatch.setattr(leaks, "REPORTED", str(reported))
+    monkeypatch.setattr(leaks, "MIN_AGE_S", 0.0)
+    monkeypatch.setattr(leaks, "scan", lambda: None)
+    monkeypatch.setattr(leaks, "write_kmsg", written.append)
+    assert leaks.final_scan() == 0
+    assert written and all(b"0xffff888104e1d800" not in line for line in written)
+    assert written[0].startswith(b"<3>unreferenced object 0xffff888104e1f000 (size 512)")
+    out = capsys.readouterr().out
+    assert "1 unreferenced object(s) in BPF code, 2 elsewhere" in out  # swapper twice
+
+
+def test_the_final_scan_without_kmemleak_says_so(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(leaks, "KMEMLEAK", str(tmp_path / "none"))
+    assert leaks.final_scan() == 2

@@ -177,6 +177,11 @@ def sweep_fail_nth(call: Callable[[], object], limit: int = 200) -> Sweep:
                          f"allocated more: {outcomes[-5:]}")
 
 
+# The objects already written to the kernel log in this boot, so that the final scan
+# does not report a test's leak a second time (kmemleak lists it until it is freed).
+REPORTED = "/tmp/bpflab-reported-leaks"
+
+
 def to_kernel_log(found: list[Leak], limit: int = 16) -> None:
     """Each leak's record into the kernel log, line by line, between the running
     test's markers: the lab's console parser makes a `memory leak in ...` report of
@@ -185,6 +190,18 @@ def to_kernel_log(found: list[Leak], limit: int = 16) -> None:
         for line in leak.lines:
             text = "".join(c if 32 <= ord(c) < 127 else "?" for c in line)
             write_kmsg(f"<3>{text}\n".encode("ascii"))
+    try:
+        with open(REPORTED, "a") as f:
+            f.writelines(f"{leak.address}\n" for leak in found)
+    except OSError:
+        pass  # the final scan may then report them again: seen, never lost
+
+
+def _reported() -> set[str]:
+    try:
+        return set(_read(REPORTED).split())
+    except OSError:
+        return set()
 
 
 def scan() -> None:
@@ -206,3 +223,38 @@ def leaks_of_this_process(start: float) -> list[Leak]:
     scan()
     scan()
     return [leak for leak in parse_kmemleak(_read(KMEMLEAK)) if leak.pid == os.getpid()]
+
+
+# A frame of the BPF subsystem: what the final scan keeps (kmemleak also lists objects
+# of early boot and drivers that only look unreferenced; the lab answers for BPF).
+_BPF_FRAME = re.compile(r"^(__)?(bpf|btf|array_map|htab|fd_array|map_)|_map_(alloc|update)")
+
+
+def in_bpf(leak: Leak) -> bool:
+    return any(_BPF_FRAME.search(frame) for frame in leak.backtrace)
+
+
+def final_scan() -> int:
+    """After the suites of a boot: what kmemleak finds unreferenced in BPF code goes to
+    the kernel log (outside any test: the lab's console parser makes each a `memory
+    leak in ...` report against the kernel's health). Prints what it did; 0, or 2
+    when the kernel has no kmemleak."""
+    if not os.path.exists(KMEMLEAK):
+        print(f"final kmemleak scan: no {KMEMLEAK}, nothing scanned")
+        return 2
+    time.sleep(MIN_AGE_S + 1.0)  # the last test's objects old enough to be reported
+    scan()
+    scan()
+    told = _reported()
+    found = [leak for leak in parse_kmemleak(_read(KMEMLEAK)) if leak.address not in told]
+    mine = [leak for leak in found if in_bpf(leak)]
+    to_kernel_log(mine)
+    print(f"final kmemleak scan: {len(mine)} unreferenced object(s) in BPF code, "
+          f"{len(found) - len(mine)} elsewhere (not the lab's to judge)")
+    for leak in mine:
+        print(f"  {leak}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(final_scan())
