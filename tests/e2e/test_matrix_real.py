@@ -99,6 +99,15 @@ def test_the_fault_injection_report_is_tied_to_the_uaf_test(
         assert junit_text.count("expected kernel report(s)") == 5
         assert BLINDED not in junit_text
         assert (target / "console-5.log").exists()
+    # the deterministic reproducers' bug has one signature, the same on every release
+    deterministic = ("test_map_in_map_free.py::test_inner_map_replaced_under_a_parked_"
+                     "sleepable_program_is_not_used_after_free",
+                     "map_in_map::sleepable_uaf_inner_map_free")
+    seen = {name: {(r["test"], r["signature"]) for r in json.loads(
+        (run_dir / "targets" / f"{name}__x86_64__uaf-inject" / "metadata.json").read_text())[
+        "reports"] if r["test"] in deterministic} for name in releases(request.config)}
+    assert all(sorted(s) == sorted((t, "KASAN: use-after-free Read in array_map_update_elem")
+                                   for t in deterministic) for s in seen.values()), seen
     for base in (run_dir / "targets").glob("*__base"):
         assert not (base / "kasan").exists() or not any((base / "kasan").iterdir()), base
 
