@@ -274,7 +274,8 @@ class Rounds:
         done = ssh.run(f"cd {REMOTE}/python && {exports} python3 -m bpfkit.leaks",
                        timeout=min(guard.timeout, FINAL_SCAN_S), watch=guard.watch,
                        limit=guard.output_limit)
-        self.logs.append(f"$ final kmemleak scan (exit {done.exit_status})\n{done.stdout}"
+        self.logs.append(f"$ final kmemleak scan (exit {done.exit_status}, "
+                         f"{done.seconds:.1f} s)\n{done.stdout}"
                          f"{done.stderr}")
 
     def _take(self, cases: tuple[Case, ...]) -> None:
