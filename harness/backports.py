@@ -28,6 +28,7 @@ from harness.errors import UserError
 from harness.gitrepo import git, source_repo
 from harness.main import Session
 from harness.matrix import Seams, run_targets
+from harness.pipeline import kernel_identity
 from harness.model import Commit, Selection, Stage, Status, Target, TargetOutcome, Verdict
 from harness.results import write_atomic, write_json
 from harness.store import Store, load_outcome
@@ -119,17 +120,6 @@ def release_of(session: Session, repo: Path, commit: Commit) -> str:
         f"{found.get('EXTRAVERSION', '')}"
 
 
-def identity(session: Session, repo: Path, table: Sequence[commits.Upstream],
-             commit: Commit) -> commits.Identity:
-    """What the suites are told of this kernel (as harness/pipeline.py decides it)."""
-    git_tree = session.lab.source.git
-    found = presence.in_git(session.ops, repo, commit.sha, table) if git_tree else None
-    debian = None if git_tree else presence.debian_release(session.lab.workdir,
-                                                            commit.subject)
-    return commits.Identity(release_of(session, repo, commit), found, variant="as is",
-                            debian=debian)
-
-
 def plan(session: Session, selection: Selection, fix: str) -> list[Check]:
     """Every check to make, with the targets each needs; nothing is built here."""
     table = commits.load_table()
@@ -139,7 +129,9 @@ def plan(session: Session, selection: Selection, fix: str) -> list[Check]:
     kernels = list(dict.fromkeys((t.commit, t.arch) for t in targets))
     checks = []
     for commit, arch in kernels:
-        who = identity(session, repo, table, commit)
+        who = kernel_identity(session.lab, session.ops, table,
+                              Target(commit, arch, Variant("as is", (), ())),
+                              release_of(session, repo, commit))
         decided = {p.id: p for p in commits.decide(table, who)}
         evidence = {e.id: e for e in who.evidence or ()}
         for f in fixes:

@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from harness import commits, junit, kreport, presence
 from harness.boot import BootedGuest, BootFn, GuestKit, prepare_kit
@@ -218,15 +218,23 @@ def tests_of(ctx: Context, target: Target) -> dict[str, tuple[str, ...]]:
     return {s: ids for s, ids in chosen.items() if ids}
 
 
+def kernel_identity(lab: Lab, ops: Ops, table: Sequence[commits.Upstream], target: Target,
+                    release: str) -> commits.Identity:
+    """What is known of the kernel under test, for deciding what it carries: on a git
+    tree the history's evidence, for a Debian release its changelog; the variant's
+    declarations. One answer for the suites and for ./lab backports."""
+    repo = lab.source.git
+    found = presence.in_git(ops, repo, target.commit.sha, table) if repo else None
+    debian = None if repo else presence.debian_release(lab.workdir, target.commit.subject)
+    return commits.Identity(release, found, target.variant.reverts, target.variant.backports,
+                            target.variant.name, debian=debian)
+
+
 def _commits_file(ctx: Context, target: Target, build: BuildResult, tdir: Path) -> Path:
     """Which declared upstream commits this kernel carries, decided here, read by both
     suites in the guest."""
-    repo = ctx.lab.source.git
-    found = presence.in_git(ctx.ops, repo, target.commit.sha, ctx.table) if repo else None
-    debian = None if repo else presence.debian_release(ctx.lab.workdir, target.commit.subject)
-    identity = commits.Identity(str(build.meta.get("kernel_release", "")), found,
-                                target.variant.reverts, target.variant.backports,
-                                target.variant.name, debian=debian)
+    identity = kernel_identity(ctx.lab, ctx.ops, ctx.table, target,
+                               str(build.meta.get("kernel_release", "")))
     path = tdir / "commits.txt"
     write_atomic(path, commits.render(commits.decide(ctx.table, identity), identity))
     return path
