@@ -62,11 +62,21 @@ def test_every_target_of_the_default_lab_ran_as_expected(
     names = releases(request.config)
     assert labels == sorted(f"{n} {av}" for n in names for av in (
         "arm64 base", "x86_64 base", "x86_64 leak-inject", "x86_64 uaf-inject"))
+    assert code is Verdict.OK, json.dumps(summary["targets"], indent=1)[:4000]
     # one boot per target; on the uaf-inject kernels a fresh boot after each KASAN
     # report for the tests it left blind and the rest (KASAN reports once per boot):
-    # python, its race, C, C's two races, the sleepable race alone
-    assert len(calls) == len(names) * (3 + 5), calls
-    assert code is Verdict.OK, json.dumps(summary["targets"], indent=1)[:4000]
+    # python, its race, C, C's two races, the sleepable race alone. A boot that printed
+    # the lab's known early-boot KASAN report (known_reports) is blind from the start:
+    # on those kernels it costs one boot more.
+    boots = 0
+    for target in sorted((run_dir / "targets").iterdir()):
+        meta = json.loads((target / "metadata.json").read_text())
+        early = {r["boot"] for r in meta["reports"] if r["test"] is None}
+        assert all(r["expected"] for r in meta["reports"] if r["test"] is None), meta
+        planned = 5 + len(early) if target.name.endswith("uaf-inject") else 1
+        assert meta["boots"] == planned, (target.name, meta["boots"], meta["reports"])
+        boots += meta["boots"]
+    assert len(calls) == boots, calls
 
 
 def test_each_target_left_its_files(run: tuple[Path, Verdict, list[str]]) -> None:
@@ -85,9 +95,10 @@ def test_the_fault_injection_report_is_tied_to_the_uaf_test(
         target = run_dir / "targets" / f"{name}__x86_64__uaf-inject"
         meta = json.loads((target / "metadata.json").read_text())
         assert all(r["signature"].startswith("KASAN: use-after-free") and r["expected"]
-                   for r in meta["reports"]), meta["reports"]
+                   for r in meta["reports"] if r["test"] is not None), meta["reports"]
+        assert all(r["expected"] for r in meta["reports"]), meta["reports"]
         # each reproducer on a boot of its own: the deterministic ones and the races
-        assert sorted({r["test"] for r in meta["reports"]}) == sorted([
+        assert sorted({r["test"] for r in meta["reports"] if r["test"]}) == sorted([
             "test_map_in_map_free.py::test_inner_map_replaced_under_a_parked_sleepable_"
             "program_is_not_used_after_free",
             "test_map_in_map_free.py::test_inner_map_replaced_while_programs_update_"
@@ -96,7 +107,9 @@ def test_the_fault_injection_report_is_tied_to_the_uaf_test(
             "map_in_map::race_kprobe_inner_map_free",
             "map_in_map::race_sleepable_fentry_inner_map_free"]), meta["reports"]
         junit_text = (target / "junit.xml").read_text()
-        assert junit_text.count("expected kernel report(s)") == 5
+        # one per reproducer, and kernel-health's when a boot printed the known report
+        known = any(r["test"] is None for r in meta["reports"])
+        assert junit_text.count("expected kernel report(s)") == 5 + known
         assert BLINDED not in junit_text
         assert (target / "console-5.log").exists()
     # the deterministic reproducers' bug has one signature, the same on every release
@@ -108,8 +121,10 @@ def test_the_fault_injection_report_is_tied_to_the_uaf_test(
         "reports"] if r["test"] in deterministic} for name in releases(request.config)}
     assert all(sorted(s) == sorted((t, "KASAN: use-after-free Read in array_map_update_elem")
                                    for t in deterministic) for s in seen.values()), seen
+    # no report on a base kernel, but the lab's known early-boot one outside any test
     for base in (run_dir / "targets").glob("*__base"):
-        assert not (base / "kasan").exists() or not any((base / "kasan").iterdir()), base
+        reports = json.loads((base / "metadata.json").read_text())["reports"]
+        assert all(r["test"] is None and r["expected"] for r in reports), (base, reports)
 
 
 def test_the_leak_test_finds_the_injected_leak_and_only_there(
