@@ -161,7 +161,7 @@ def report(c: Context, run_dir: str, lab: str = "") -> None:
 
 @task(help={"fast": "unit tests only (seconds); the default also runs the end-to-end "
                     "tests against real kernels and guests",
-            "full": "also the slower end-to-end tests (the whole default lab, systemd "
+            "full": "also the slower end-to-end tests (the whole default lab, backports, systemd "
                     "boots, the suites' finer checks): run before resolving an issue",
             "k": "only tests matching this pytest -k expression"})
 def test(c: Context, fast: bool = False, full: bool = False, k: str = "") -> None:

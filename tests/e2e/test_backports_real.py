@@ -1,6 +1,6 @@
 """End to end: ./lab backports on real kernels, real guests and the real reproducers.
 
-On the default Debian lab (./lab test): 6.1.192 carries 8766733641 since 6.1.75 by the
+On the default Debian lab: 6.1.192 carries 8766733641 since 6.1.75 by the
 table and by Debian's own changelog; its reproducers are clean, and with the fix taken
 out (the project's revert patch for 6.1) KASAN reports the use-after-free again.
 
@@ -46,6 +46,7 @@ def backports(run_dir: Path, *args: str) -> tuple[int, str, list[dict[str, objec
     return code, text, rows
 
 
+@pytest.mark.full  # 12 min: the fix's reproducers as is, and on 5 boots without it
 def test_the_uaf_fix_is_verified_on_debian_6_1_192(tmp_path: Path) -> None:
     run = tmp_path / "run"
     code, out, rows = backports(run, "--fix", UAF, "--commit", "v6.1.192", "--arch", "x86_64")
