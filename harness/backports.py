@@ -15,17 +15,15 @@ for the suites (harness/commits.py), with its evidence."""
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Sequence
-from xml.sax.saxutils import escape, quoteattr
 
 from harness import commits, junit, presence, report
 from harness.config import PROJECT, Arch, Variant
 from harness.errors import UserError
-from harness.gitrepo import git, source_repo
+from harness.gitrepo import describe, git, makefile_version, source_repo
 from harness.main import Session
 from harness.matrix import Seams, run_targets
 from harness.pipeline import kernel_identity
@@ -34,7 +32,6 @@ from harness.results import write_atomic, write_json
 from harness.store import Store, load_outcome
 
 REVERTS = PROJECT / "kernels" / "patches" / "reverts"
-_SERIES = re.compile(r"^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION) *= *(\S*)", re.M)
 
 
 class Judgement(str, Enum):
@@ -112,8 +109,7 @@ def choose_fixes(table: Sequence[commits.Upstream], wanted: str) -> list[commits
 
 def release_of(session: Session, repo: Path, commit: Commit) -> str:
     """The kernel release a commit builds, from its top Makefile: "6.1.192"."""
-    found = dict(_SERIES.findall(git(session.ops, repo, "show", f"{commit.sha}:Makefile",
-                                     check=False)[:4000]))
+    found = makefile_version(session.ops, repo, commit.sha)
     if "VERSION" not in found or "PATCHLEVEL" not in found:
         raise UserError(f"{repo}: {commit.name} has no kernel Makefile (VERSION, PATCHLEVEL)")
     return f"{found['VERSION']}.{found['PATCHLEVEL']}.{found.get('SUBLEVEL') or 0}" \
@@ -129,21 +125,21 @@ def plan(session: Session, selection: Selection, fix: str) -> list[Check]:
     kernels = list(dict.fromkeys((t.commit, t.arch) for t in targets))
     checks = []
     for commit, arch in kernels:
+        release = release_of(session, repo, commit)
         who = kernel_identity(session.lab, session.ops, table,
-                              Target(commit, arch, Variant("as is", (), ())),
-                              release_of(session, repo, commit))
+                              Target(commit, arch, Variant("as is", (), ())), release)
         decided = {p.id: p for p in commits.decide(table, who)}
         evidence = {e.id: e for e in who.evidence or ()}
         for f in fixes:
-            checks.append(_check(session, repo, table, f, commit, arch, decided,
-                                 evidence.get(f.id), fixes))
+            checks.append(_check(session, repo, table, f, Target(commit, arch, _variant(
+                "as-is", fixes)), release, decided, evidence.get(f.id)))
     return checks
 
 
 def _check(session: Session, repo: Path, table: Sequence[commits.Upstream],
-           fix: commits.Upstream, commit: Commit, arch: Arch,
-           decided: dict[str, commits.Presence], found: presence.Evidence | None,
-           fixes: Sequence[commits.Upstream]) -> Check:
+           fix: commits.Upstream, as_is: Target, release: str,
+           decided: dict[str, commits.Presence], found: presence.Evidence | None) -> Check:
+    commit, arch = as_is.commit, as_is.arch
     mine = decided[fix.id]
     flags = tuple(f"{'prerequisite' if cid in fix.prerequisites else 'follow-up fix'} "
                   f"{cid} absent: {decided[cid].why}"
@@ -151,17 +147,16 @@ def _check(session: Session, repo: Path, table: Sequence[commits.Upstream],
                   if mine.present and not decided[cid].present)
     origins = [decided[c.id] for c in table for f in fix.fixes if presence.same_commit(c.id, f)]
     affected = not origins or any(p.present for p in origins)
-    as_is = Target(commit, arch, _variant("as-is", fixes))
     without, before, why = None, None, ""
     if mine.present:
-        patch, why = _revert_patch(session, repo, fix, commit, found)
+        patch, why = _revert_patch(session, repo, fix, release, found)
         if patch:
             without = Target(commit, arch, replace(_variant(f"without-{fix.id}", [fix]),
                                                    patches=(patch,)))
         last = _release_before(session, repo, found.sha) if found is not None and found.sha \
             else ""
         if last:
-            before = Target(_commit(session, repo, last), arch, as_is.variant)
+            before = Target(describe(session.ops, repo, last), arch, as_is.variant)
     return Check(fix, commit, arch, mine.present, mine.why, flags, affected, as_is, without,
                  before, why)
 
@@ -181,14 +176,7 @@ def _release_before(session: Session, repo: Path, sha: str) -> str:
                f"{tag or sha + '^'}^{{commit}}", check=False)
 
 
-def _commit(session: Session, repo: Path, sha: str) -> Commit:
-    fields = git(session.ops, repo, "show", "-s", "--format=%T%x00%s", sha).split("\0", 1)
-    tags = git(session.ops, repo, "tag", "--points-at", sha).split()
-    return Commit(sha, fields[0], sorted(tags)[0] if tags else sha[:12],
-                  fields[1] if len(fields) > 1 else "")
-
-
-def _revert_patch(session: Session, repo: Path, fix: commits.Upstream, commit: Commit,
+def _revert_patch(session: Session, repo: Path, fix: commits.Upstream, release: str,
                   found: presence.Evidence | None) -> tuple[Path | None, str]:
     """The fix taken out of this kernel: the commit that brought it, reverted (a git
     tree), else the project's revert patch for the kernel's series."""
@@ -202,7 +190,6 @@ def _revert_patch(session: Session, repo: Path, fix: commits.Upstream, commit: C
         # named by the commit, worded without it: the same revert is the same kernel
         write_atomic(out, f"Revert \"{fix.subject}\" (./lab backports)\n---\n{diff}\n")
         return out, ""
-    release = release_of(session, repo, commit)
     series = ".".join(release.split(".")[:2])
     patch = REVERTS / series / f"{fix.id}.patch"
     if patch.exists():
@@ -325,19 +312,10 @@ def write_results(root: Path, verdicts: Sequence[FixVerdict]) -> None:
     write_json(root / "backports.json", {"backports": data})
     cases = []
     for r, v in zip(data, verdicts):
-        name = quoteattr(junit.clean(f"{r['fix']} {r['kernel']} {r['arch']}"))
-        text = escape(junit.clean(json.dumps(r, indent=1)))
-        if v.good:
-            body = ""
-        elif v.judgement is Judgement.ERROR:
-            body = f'<error message={quoteattr(str(r["verdict"]))}>{text}</error>'
-        else:
-            why = str(r["verdict"]) + ("; " + "; ".join(v.check.flags) if v.check.flags else "")
-            body = f"<failure message={quoteattr(junit.clean(why))}>{text}</failure>"
-        cases.append(f'  <testcase classname="backports" name={name}>{body}'
-                     f'<system-out>{text}</system-out></testcase>')
-    bad = sum(not v.good for v in verdicts)
-    write_atomic(root / "backports.xml",
-                 '<?xml version="1.0" encoding="utf-8"?>\n'
-                 f'<testsuite name="backports" tests="{len(cases)}" failures="{bad}">\n'
-                 + "\n".join(cases) + "\n</testsuite>\n")
+        status = Status.PASS if v.good else \
+            Status.ERROR if v.judgement is Judgement.ERROR else Status.FAIL
+        why = "; ".join([str(r["verdict"]), *v.check.flags])
+        cases.append(junit.Case("backports", str(r["fix"]), f"{r['kernel']} {r['arch']}",
+                                status, float(str(r["seconds"])), why,
+                                json.dumps(r, indent=1)))
+    junit.write(cases, "backports", {}, root / "backports.xml")

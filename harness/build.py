@@ -17,14 +17,13 @@ from typing import Iterator
 
 from harness import kconfig
 from harness.config import Arch, Lab, SeriesFragment, load_series, shared_cache
-from harness.gitrepo import Checkout
+from harness.gitrepo import Checkout, makefile_version
 from harness.model import Status
 from harness.model import Target as Target  # the older home
 from harness.ops import Ops
 from harness.progress import Progress
 from harness.results import write_json
 
-SERIES_RE = re.compile(r"^(VERSION|PATCHLEVEL) = (\d+)", re.M)
 OBJECT_RE = re.compile(r"^\s+(CC|AS|CC \[M\])\s")
 ERROR_RE = re.compile(r"(error:|Error \d+|\*\*\* |undefined reference|not found)")
 # Reproducible identity; an empty LOCALVERSION keeps setlocalversion from adding
@@ -182,11 +181,10 @@ class Builder:
         """The kernel series of the commit, from its top Makefile (VERSION, PATCHLEVEL)."""
         sha = target.commit.sha
         if sha not in self._series:
-            found = self.ops.run(["git", "-C", str(self.checkout.origin), "show",
-                                  f"{sha}:Makefile"], check=False, quiet=True)
-            numbers = dict(SERIES_RE.findall(found.stdout[:2000]))
+            numbers = makefile_version(self.ops, self.checkout.origin, sha)
             self._series[sha] = f"{numbers['VERSION']}.{numbers['PATCHLEVEL']}" \
-                if "VERSION" in numbers and "PATCHLEVEL" in numbers else ""
+                if numbers.get("VERSION", "").isdigit() and numbers.get("PATCHLEVEL", "").isdigit() \
+                else ""
         return self._series[sha]
 
     def cache_dir(self, key: str) -> Path:

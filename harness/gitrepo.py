@@ -3,6 +3,7 @@ keep a checkout the lab owns (the user's working copy is never touched)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ def _range_ends(spec: str) -> list[str]:
     return [spec]
 
 
-def _describe(ops: Ops, repo: Path, sha: str) -> Commit:
+def describe(ops: Ops, repo: Path, sha: str) -> Commit:
+    """The commit at sha, named by a tag pointing at it, else its short sha."""
     fields = git(ops, repo, "show", "-s", "--format=%T%x00%s", sha).split("\0", 1)
     tags = git(ops, repo, "tag", "--points-at", sha).split()
     name = sorted(tags)[0] if tags else sha[:12]
@@ -63,7 +65,17 @@ def resolve(ops: Ops, repo: Path, source: Source, file: str) -> list[Commit]:
         raise ConfigError(file, "source.range", f"commits in {source.range}{paths}: found none")
     seen: set[str] = set()
     unique = [s for s in shas if not (s in seen or seen.add(s))]  # type: ignore[func-returns-value]
-    return [_describe(ops, repo, sha) for sha in unique]
+    return [describe(ops, repo, sha) for sha in unique]
+
+
+_MAKEFILE_VERSION = re.compile(r"^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION) *= *(\S*)", re.M)
+
+
+def makefile_version(ops: Ops, repo: Path, sha: str) -> dict[str, str]:
+    """VERSION, PATCHLEVEL, SUBLEVEL, EXTRAVERSION of the commit's top Makefile (those
+    it sets; none for a tree that is no kernel)."""
+    text = git(ops, repo, "show", f"{sha}:Makefile", check=False)[:4000]
+    return dict(_MAKEFILE_VERSION.findall(text))
 
 
 def source_repo(ops: Ops, lab: Lab) -> Path:
