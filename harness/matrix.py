@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import queue
 import threading
 import time
@@ -23,6 +24,7 @@ from harness.main import Session
 from harness.model import Selection, Stage, Status, Target, Verdict
 from harness.pipeline import Context, CSuiteFn, Kits, Prepare, run_target
 from harness.progress import fmt_secs
+from harness.results import write_json
 from harness.rootfs import RECIPE, recipe_files
 from harness.store import Store
 from harness.suites import suites_fingerprint
@@ -95,6 +97,7 @@ def run_targets(session: Session, store: Store, force: bool, targets: list[Targe
         todo = [t for t in targets if force or not store.finished(t, prints[t])]
         print(f"matrix: {len(targets)} targets, {len(targets) - len(todo)} already in "
               f"{store.root}, {len(todo)} to run", flush=True)
+        write_json(store.root / "run.json", run_facts(session, targets))
         tests = seams.catalog or {"python": catalog.python_tests(), "c": catalog.c_tests()}
         ctx = Context(session.lab, session.ops, store, seams.boot, seams.c_suite, tests,
                       commits.load_table(), Kits(session.lab, session.ops, seams.prepare),
@@ -105,6 +108,30 @@ def run_targets(session: Session, store: Store, force: bool, targets: list[Targe
             write_report(store)
         return MatrixResult(verdict(store, targets, prints), store.root, len(targets),
                             len(todo))
+
+
+def run_facts(session: Session, targets: list[Target]) -> dict[str, object]:
+    """What a reader of the page needs to trust or reproduce it: the lab, when, where,
+    and the tools' versions (the accelerator is per target, in its metadata)."""
+    arches = sorted({t.arch.name: t.arch for t in targets}.items())
+
+    def first_line(argv: list[str]) -> str:
+        try:
+            done = session.ops.run(argv, check=False, quiet=True)
+        except OSError:
+            return "not found"
+        lines = done.stdout.splitlines()
+        return lines[0].strip() if done.returncode == 0 and lines else "not found"
+
+    uname = os.uname()
+    return {"lab": str(session.lab.path), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                                                   time.gmtime()),
+            "host": f"{uname.nodename}, Linux {uname.release} {uname.machine}, "
+                    f"{os.cpu_count()} CPUs",
+            "qemu": {name: first_line([a.qemu_binary, "--version"]) for name, a in arches},
+            "compiler": {name: first_line([f"{a.cross_prefix}gcc", "--version"])
+                         for name, a in arches},
+            "targets": len(targets)}
 
 
 def write_report(store: Store) -> None:

@@ -231,6 +231,56 @@ def backports_section(root: Path) -> str:
             f"{_rows(rows, 'no fix was checked', 6)}</table>")
 
 
+def facts_section(root: Path, cells: list[Cell]) -> str:
+    """The run's facts (run.json, written when the run starts) and the accelerators
+    its targets ran on."""
+    try:
+        facts = json.loads((root / "run.json").read_text())
+    except (OSError, ValueError):
+        facts = {}
+    if not isinstance(facts, dict):
+        facts = {}
+    rows = [[k, str(facts[k])] for k in ("lab", "started", "host", "targets") if k in facts]
+    for key in ("qemu", "compiler"):
+        found = facts.get(key)
+        if isinstance(found, dict):
+            rows += [[f"{key} ({arch})", str(v)] for arch, v in sorted(found.items())]
+    accels = sorted({c.outcome.accel for c in cells if c.outcome.accel})
+    rows.append(["accelerator", ", ".join(accels) or "none: no target booted"])
+    if not facts:
+        rows.insert(0, ["run facts", "not recorded (a run from before run.json)"])
+    return ('<h2>Run</h2>\n<table id="facts"><tr><th>fact</th><th>value</th></tr>'
+            f"{_rows(rows, 'none', 2)}</table>")
+
+
+def _case_html(case: Case | None) -> str:
+    if case is None:
+        return '<td class="skip">-</td>'
+    head = f"{case.status.value} {case.duration:.1f} s"
+    detail = "\n".join([case.message] + [f"{k}: {v}" for k, v in case.properties]).strip()
+    if not detail:
+        return f'<td class="{escape(case.status.value)}">{escape(head)}</td>'
+    return (f'<td class="{escape(case.status.value)}"><details><summary>{escape(head)}'
+            f"</summary><pre>{escape(detail[:4000])}</pre></details></td>")
+
+
+def grid_section(cells: list[Cell]) -> str:
+    """Every test x every target: status and seconds, the reason or the test's figures
+    one click away."""
+    by_test: dict[str, dict[int, Case]] = {}
+    for i, cell in enumerate(cells):
+        for case in cell.cases:
+            by_test.setdefault(case.test_id, {})[i] = case
+    head = "".join(f"<th>{escape(c.outcome.name)}<br>{escape(c.column)}</th>" for c in cells)
+    body = "".join(f"<tr><th>{escape(test)}</th>" +
+                   "".join(_case_html(row.get(i)) for i in range(len(cells))) + "</tr>"
+                   for test, row in sorted(by_test.items()))
+    if not by_test:
+        body = f'<tr><td colspan="{len(cells) + 1}">none: no target ran a test</td></tr>'
+    return ('<h2>Tests &times; targets</h2>\n<table id="tests"><tr><th>test</th>'
+            f"{head}</tr>{body}</table>")
+
+
 def render_html(cells: list[Cell], root: Path, trans_rows: list[dict[str, str | None]],
                 reports: list[dict[str, object]], extra: str = "") -> str:
     columns = sorted({c.column for c in cells})
@@ -254,7 +304,7 @@ def render_html(cells: list[Cell], root: Path, trans_rows: list[dict[str, str | 
 body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #999;padding:.4em;vertical-align:top;text-align:left}}
 td.pass{{background:#d9f2d9}} td.fail,td.error{{background:#f8d0d0}} td.skip{{background:#eee}}
-.sig{{font-family:monospace;color:#900}} .why{{font-size:85%}} .links{{font-size:80%}}
+.sig{{font-family:monospace;color:#900}} pre{{white-space:pre-wrap;max-width:40em}} .why{{font-size:85%}} .links{{font-size:80%}}
 </style></head><body>
 <h1>bpflab: commit &times; arch matrix</h1>
 <table id="matrix"><tr><th>commit</th>{head}</tr>{body}</table>
@@ -264,6 +314,8 @@ td.pass{{background:#d9f2d9}} td.fail,td.error{{background:#f8d0d0}} td.skip{{ba
 <h2>Kernel reports</h2>
 <table id="reports"><tr><th>signature</th><th>syzkaller title</th><th>where</th>
 <th>first seen</th><th>last seen</th></tr>{sigs}</table>
+{grid_section(cells)}
 {extra}
+{facts_section(root, cells)}
 </body></html>
 """

@@ -120,3 +120,43 @@ def test_signatures_of_earlier_runs_are_rederived_from_the_stored_report_text(
     assert "report: kernel panic: dumptest" in text and "report: panic: dumptest" not in text
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["targets"][0]["signatures"] == ["kernel panic: dumptest"]
+
+
+def test_the_page_shows_each_test_on_each_target_with_its_reason_and_the_run_facts(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    old, new = outcome("v6.1.192", 0, "x86_64"), outcome("v7.3-rc7", 1, "x86_64")
+    put(store, replace(old, accel="tcg"), {"test_a": Status.PASS})
+    d = store.root / "targets" / "v7.3-rc7__x86_64__base"
+    cases = [Case("python", "t", "test_a", Status.SKIP, 0.25, "no fentry <here>"),
+             Case("python", "t", "test_leak", Status.PASS, 3.5,
+                  properties=(("leaked_templates", "2"),))]
+    junit.write(cases, d.name, {}, d / "junit.xml")
+    write_json(d / "metadata.json", replace(new, accel="tcg", counts=counts(
+        [c.status.value for c in cases])).to_json())
+    html = report.write_all(store)[1].read_text()
+    grid = html[html.index('id="tests"'):]
+    grid = grid[:grid.index("</table>")]
+    rows = grid.split("<tr>")[2:]
+    assert [r[len("<th>"):r.index("</th>")] for r in rows] == ["python.t::test_a", "python.t::test_leak"]
+    # status and seconds in each cell; the skip's reason (escaped) and the test's
+    # figures one click away; a test a target did not run is a dash
+    assert "pass 0.0 s" in rows[0] and "no fentry &lt;here&gt;" in rows[0]
+    assert "<summary>skip 0.2 s</summary>" in rows[0]
+    assert '<td class="skip">-</td>' in rows[1] and "leaked_templates: 2" in rows[1]
+    # a run from before run.json says so; the accelerator comes from the targets
+    facts = html[html.index('id="facts"'):]
+    assert "not recorded" in facts and "<td>accelerator</td><td>tcg</td>" in facts
+    write_json(tmp_path / "run.json", {"lab": "/x/lab.yaml", "started": "2026-12-02 09:00:00 UTC",
+                                       "qemu": {"x86_64": "QEMU emulator version 7.2.x"}})
+    facts = report.write_all(store)[1].read_text()
+    assert "<td>qemu (x86_64)</td><td>QEMU emulator version 7.2.x</td>" in facts
+    assert "not recorded" not in facts and "/x/lab.yaml" in facts
+
+
+def test_empty_tables_say_none(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    (tmp_path / "targets").mkdir()
+    html = report.write_all(store)[1].read_text()
+    assert "none: no target ran a test" in html and "none: no kernel printed a report" in html
+    assert "none: no target booted" in html
