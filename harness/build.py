@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Iterator
 
 from harness import kconfig
-from harness.config import Arch, Lab, SeriesFragment, load_series, shared_cache
-from harness.gitrepo import Checkout, makefile_version
+from harness.errors import ConfigError
+from harness.config import (PROJECT, Arch, Lab, SeriesFragment, load_series,
+                            shared_cache)
+from harness.gitrepo import Checkout, makefile_version, series_of
 from harness.model import Status
 from harness.model import Target as Target  # the older home
 from harness.ops import Ops
@@ -166,7 +168,7 @@ class Builder:
                  compiler_version(self.ops, arch), str(self.lab.build.ccache),
                  repr(sorted(KBUILD_ENV.items()))]
         frags = kconfig.fingerprint(self.frags_for(arch, self.series(target)) +
-                                    list(target.variant.patches), extra)
+                                    list(self.patches(target)), extra)
         return f"{arch.name}-{frags}"
 
     def build_dir(self, arch: Arch, series: str = "") -> Path:
@@ -180,12 +182,23 @@ class Builder:
     def series(self, target: Target) -> str:
         """The kernel series of the commit, from its top Makefile (VERSION, PATCHLEVEL)."""
         sha = target.commit.sha
+        if target.commit.series:
+            return target.commit.series
         if sha not in self._series:
-            numbers = makefile_version(self.ops, self.checkout.origin, sha)
-            self._series[sha] = f"{numbers['VERSION']}.{numbers['PATCHLEVEL']}" \
-                if numbers.get("VERSION", "").isdigit() and numbers.get("PATCHLEVEL", "").isdigit() \
-                else ""
+            self._series[sha] = series_of(makefile_version(self.ops, self.checkout.origin, sha))
         return self._series[sha]
+
+    def patches(self, target: Target) -> tuple[Path, ...]:
+        """The variant's patches for the kernel's series; one missing is the lab file's
+        error, named with the series."""
+        series = self.series(target)
+        found = target.variant.patches_for(series)
+        for i, patch in enumerate(found):
+            if not patch.is_file():
+                raise ConfigError(str(self.lab.path), f"variants[{target.variant.name}]"
+                                  f".patches[{i}]", f"a patch for series {series or '?'} "
+                                  f"({target.commit.name}), but {patch} does not exist")
+        return found
 
     def cache_dir(self, key: str) -> Path:
         return shared_cache() / "kernels" / key
@@ -248,7 +261,7 @@ class Builder:
         progress = Progress(f"build {target.label}")
         started = time.monotonic()
         self.checkout.switch(target.commit.sha)
-        for patch in target.variant.patches:
+        for patch in self.patches(target):
             why = self.checkout.apply(patch)
             if why:
                 return BuildResult(target, Status.FAIL, key, log, errors=(why,))
@@ -286,7 +299,8 @@ class Builder:
         return {"commit": target.commit.sha, "name": target.commit.name,
                 "tree": target.commit.tree, "arch": target.arch.name,
                 "variant": target.variant.name, "key": key,
-                "patches": [p.name for p in target.variant.patches],
+                "patches": [str(p.relative_to(PROJECT)) if p.is_relative_to(PROJECT) else str(p)
+                            for p in self.patches(target)],
                 "compiler": compiler_version(self.ops, target.arch),
                 "kernel_release": (bdir / "include/config/kernel.release").read_text().strip(),
                 "objects_compiled": objects, "durations": durations}

@@ -32,6 +32,8 @@ def shared_cache() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "bpflab"
 BASE_CONFIGS = ("tinyconfig", "defconfig", "allnoconfig")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+SERIES_RE = re.compile(r"[0-9]+\.[0-9]+")
+SERIES_FIELD = "{series}"  # in a variant's patch path: the kernel's series
 
 # The one vocabulary of guest accelerators and inits: QEMU's -accel argument and the
 # guest's init= path for each. "auto" probes KVM once per host, else TCG.
@@ -85,6 +87,11 @@ class Source:
     range: str | None
     paths: tuple[str, ...]
     commits: tuple[str, ...]
+    # ./lab nightly: the branch to follow (fetched from remote into source.git)
+    remote: str | None = None
+    branch: str | None = None
+    max_commits: int = 8  # commits tested per night at most, the newest kept
+    fetch_timeout: float = 300.0  # s
 
     @property
     def name(self) -> str:
@@ -126,6 +133,17 @@ class Variant:
     # Only these tests of the suites ("test_x.py::test_y", "map_in_map::name"); () is
     # every test. Set by workflows that run a fix's reproducers alone (./lab backports).
     tests: tuple[str, ...] = ()
+    # Kernel series ("6.1", "7.3") the variant is for; () is every series. A patch a
+    # series cannot take (e.g. one giving 6.1 what 6.2 brought) names its series here.
+    series: tuple[str, ...] = ()
+
+    def runs_on(self, series: str) -> bool:
+        return not self.series or series in self.series
+
+    def patches_for(self, series: str) -> tuple[Path, ...]:
+        """The patches, "{series}" in a path replaced by the kernel's series: one
+        variant (say, a fix taken out) over kernels whose code differs."""
+        return tuple(Path(str(p).replace(SERIES_FIELD, series)) for p in self.patches)
 
 
 @dataclass(frozen=True)
@@ -170,6 +188,9 @@ class Lab:
     # Reports this lab's own environment prints outside any test, declared with why:
     # kept and shown, but they do not fail kernel-health.
     known_reports: tuple["KnownReport", ...] = ()
+    # ./lab nightly's history database: a SQLAlchemy URL (postgresql+pg8000://...);
+    # "" is SQLite in the workdir
+    history: str = ""
 
     def arch(self, name: str) -> Arch:
         return find_arch(self.arches, name, str(self.path), "--arch")
@@ -284,22 +305,61 @@ def _source(t: Table, base: Path) -> Source:
     range_ = t.take("range", str)
     commits = t.strings("commits")
     paths = t.strings("paths")
+    remote, branch = t.take("remote", str), t.take("branch", str)
+    max_commits = _count(t, "max_commits", 8, 1, 10_000, "a count 1..10000")
+    fetch_timeout = _seconds(t, "fetch_timeout", 300.0)
     t.done()
+    if bool(remote) != bool(branch):
+        raise ConfigError(t.file, t.key("branch" if remote else "remote"),
+                          "source.remote and source.branch together (the branch to follow "
+                          "and where it is fetched from)")
+    if remote and not git:
+        raise ConfigError(t.file, t.key("git"), "source.git (where the followed branch is "
+                          "fetched into) with source.remote")
     git_path = _resolve(base, git) if git else None
-    if git_path and not (git_path / ".git").exists() and not (git_path / "HEAD").exists():
+    if remote and git:  # made by the first fetch: relative to the lab file
+        git_path = base / Path(git).expanduser()
+    if git_path and not remote and not (git_path / ".git").exists() \
+            and not (git_path / "HEAD").exists():
         raise ConfigError(t.file, t.key("git"), f"a git repository, but {git_path} is not one")
-    return Source(git_path, versions, range_, paths, commits)
+    return Source(git_path, versions, range_, paths, commits, remote, branch, max_commits,
+                  fetch_timeout)
 
 
-def _files(t: Table, name: str, base: Path, what: str) -> tuple[Path, ...]:
+def _files(t: Table, name: str, base: Path, what: str,
+           series: tuple[str, ...] | None = None) -> tuple[Path, ...]:
+    """Existing files. With series (a variant's patches), a path may hold "{series}";
+    it must then exist for each series the variant names, and is checked again for the
+    series of each kernel built."""
     paths = []
     for i, value in enumerate(t.strings(name)):
+        key = f"{t.key(name)}[{i}]"
+        if series is not None and SERIES_FIELD in value:
+            if "{" in value.replace(SERIES_FIELD, "") or "}" in value.replace(SERIES_FIELD, ""):
+                raise ConfigError(t.file, key, f"no field but {SERIES_FIELD}, got {value!r}")
+            path = _series_path(base, value)
+            for s in series:
+                one = Path(str(path).replace(SERIES_FIELD, s))
+                if not one.is_file():
+                    raise ConfigError(t.file, key, f"an existing {what} for series {s} "
+                                      f"(in {t.key('series')}), but {one} does not exist")
+            paths.append(path)
+            continue
         path = _resolve(base, value)
         if not path.is_file():
-            raise ConfigError(t.file, f"{t.key(name)}[{i}]",
-                              f"an existing {what}, but {path} does not exist")
+            raise ConfigError(t.file, key, f"an existing {what}, but {path} does not exist")
         paths.append(path)
     return tuple(paths)
+
+
+def _series_path(base: Path, value: str) -> Path:
+    """A path holding "{series}", relative to the lab file when the folder before the
+    field exists there, else to the project."""
+    head = value.split(SERIES_FIELD)[0]
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return p
+    return base / p if head and (base / head).exists() else PROJECT / p
 
 
 def _build(t: Table, base: Path) -> BuildSettings:
@@ -385,7 +445,12 @@ def _variants(top: Table, base: Path, arches: tuple[Arch, ...]) -> tuple[Variant
         name = t.take("name", str, required=True)
         if not NAME_RE.fullmatch(name):
             raise ConfigError(file, t.key("name"), f"letters, digits, '.', '_', '-', got {name!r}")
-        patches = _files(t, "patches", base, "patch file")
+        series = t.strings("series")
+        for j, one in enumerate(series):
+            if not SERIES_RE.fullmatch(one):
+                raise ConfigError(file, f"{t.key('series')}[{j}]",
+                                  f"a kernel series such as \"6.1\" or \"7.3\", got {one!r}")
+        patches = _files(t, "patches", base, "patch file", series)
         only = tuple(find_arch(arches, a, file, t.key("arches")).name
                      for a in t.strings("arches"))
         expect = _expected_reports(t)
@@ -395,7 +460,7 @@ def _variants(top: Table, base: Path, arches: tuple[Arch, ...]) -> tuple[Variant
             raise ConfigError(file, t.key("backports"),
                               f"commits not also in reverts, got {both[0]} in both")
         t.done()
-        out.append(Variant(name, patches, only, expect, reverts, backports))
+        out.append(Variant(name, patches, only, expect, reverts, backports, series=series))
     names = [v.name for v in out]
     if len(set(names)) != len(names):
         raise ConfigError(file, "variants", f"unique names, got {names}")
@@ -420,8 +485,9 @@ def load_lab(path: Path = DEFAULT_LAB, arches_file: Path = ARCHES_FILE) -> Lab:
     guest = _guest(top.sub("guest"))
     limits = _limits(top.sub("limits"))
     noise = _known_reports(top)
+    history = top.take("history", str, "")
     top.done()
-    return Lab(path, workdir, source, arches, build, variants, guest, limits, noise)
+    return Lab(path, workdir, source, arches, build, variants, guest, limits, noise, history)
 
 
 def _known_reports(top: Table) -> tuple[KnownReport, ...]:

@@ -203,6 +203,12 @@ def _debian_revision_key(version: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", version.rsplit("-", 1)[-1]))
 
 
+def series_of_version(upstream: str) -> str:
+    """'6.1.192' -> '6.1', '7.3-rc7' -> '7.3'."""
+    key = version_key(upstream)
+    return f"{key[0]}.{key[1]}"
+
+
 def version_key(upstream: str) -> tuple[int, int, int, int]:
     """Sort key for upstream kernel versions; -rcN sorts before the release."""
     m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?(?:-rc(\d+))?", upstream)

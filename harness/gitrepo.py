@@ -39,7 +39,14 @@ def describe(ops: Ops, repo: Path, sha: str) -> Commit:
     fields = git(ops, repo, "show", "-s", "--format=%T%x00%s", sha).split("\0", 1)
     tags = git(ops, repo, "tag", "--points-at", sha).split()
     name = sorted(tags)[0] if tags else sha[:12]
-    return Commit(sha, fields[0], name, fields[1] if len(fields) > 1 else "")
+    return Commit(sha, fields[0], name, fields[1] if len(fields) > 1 else "",
+                  series_of(makefile_version(ops, repo, sha)))
+
+
+def series_of(numbers: dict[str, str]) -> str:
+    """"6.1" from a top Makefile's VERSION and PATCHLEVEL; "" for no kernel."""
+    version, patchlevel = numbers.get("VERSION", ""), numbers.get("PATCHLEVEL", "")
+    return f"{version}.{patchlevel}" if version.isdigit() and patchlevel.isdigit() else ""
 
 
 def resolve(ops: Ops, repo: Path, source: Source, file: str) -> list[Commit]:

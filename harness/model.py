@@ -63,6 +63,7 @@ class Commit:
     tree: str
     name: str  # a tag when one points here, else the short sha
     subject: str
+    series: str = ""  # "6.1", "7.3": VERSION.PATCHLEVEL of its top Makefile ("" unknown)
 
     @property
     def short(self) -> str:
@@ -88,6 +89,9 @@ class Selection:
     arch: str | None = None
     variant: str | None = None
     commit: str | None = None
+    # Target labels ("x86_64 v7.3-rc7 base") to keep, after the filters above; () keeps
+    # all. A label that matches no target is refused like the filters.
+    labels: tuple[str, ...] = ()
 
     def commits(self, commits: list[Commit]) -> list[Commit]:
         if not self.commit:
@@ -106,12 +110,21 @@ class Selection:
             names = ", ".join(v.name for v in lab.variants)
             raise UserError(f"--variant {self.variant}: not a variant of {lab.path.name} "
                             f"(choices: {names})")
-        found = [Target(c, a, v) for c in self.commits(commits) for a in arches
-                 for v in variants if not v.arches or a.name in v.arches]
+        chosen = self.commits(commits)
+        found = [Target(c, a, v) for c in chosen for a in arches for v in variants
+                 if (not v.arches or a.name in v.arches) and v.runs_on(c.series)]
+        if self.labels:
+            unknown = sorted(set(self.labels) - {t.label for t in found})
+            if unknown:
+                raise UserError(f"target {unknown[0]!r}: not among the lab's targets "
+                                f"({', '.join(t.label for t in found)})")
+            found = [t for t in found if t.label in self.labels]
         if not found:
-            raise UserError(f"no target is left: variant(s) {', '.join(v.name for v in variants)}"
-                            f" run on {', '.join(sorted({x for v in variants for x in v.arches}))}"
-                            f" only, not on {', '.join(a.name for a in arches)}")
+            where = [f"{v.name}: arches {', '.join(v.arches) or 'any'}, series "
+                     f"{', '.join(v.series) or 'any'}" for v in variants]
+            kernels = [f"{c.name} ({c.series or 'series unknown'})" for c in chosen]
+            raise UserError(f"no target is left: {'; '.join(where)}; asked for "
+                            f"{', '.join(a.name for a in arches)} on {', '.join(kernels)}")
         return found
 
 

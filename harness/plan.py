@@ -5,7 +5,7 @@ imported are listed with what would be fetched."""
 from __future__ import annotations
 
 from harness.config import Lab
-from harness.debsrc import imported_versions, package_for, tag_for
+from harness.debsrc import imported_versions, package_for, series_of_version, tag_for
 from harness.gitrepo import resolve
 from harness.model import Commit, Selection, Target
 from harness.ops import Ops
@@ -26,7 +26,7 @@ def plan_text(lab: Lab, ops: Ops, selection: Selection) -> str:
     missing = [v for v in lab.source.debian_versions if v not in have]
     if not missing:
         return describe(selection.targets(lab, resolve(ops, repo, lab.source, str(lab.path))))
-    commits = [Commit("", "", tag_for(v), "(not imported yet)")
+    commits = [Commit("", "", tag_for(v), "(not imported yet)", series_of_version(v))
                for v in lab.source.debian_versions]
     fetch = [f"  {package_for(v)} {v}: from Debian's archive, imported into {repo} as "
              f"{tag_for(v)}" for v in missing]

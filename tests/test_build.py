@@ -17,6 +17,7 @@ from harness.build import (ARTIFACTS, Builder, BuildResult, first_errors, make_a
                            parse_ccache_stats, read_entry)
 from harness.config import load_lab
 from harness.main import Session
+from harness.errors import ConfigError
 from harness.model import Selection, Status
 from harness.ops import Ops
 from tests.conftest import git
@@ -320,3 +321,21 @@ def test_the_series_layer_applies_to_its_series_only(session: Session) -> None:
         [f.name for f in builder.frags_for(arch, "6.1")]
     assert builder.frags_for(arch, "") == builder.frags_for(arch, "6.1")
     assert [f.name for f in builder.frags_for(arch, "6.12")][-1] == "6.12.config"
+
+
+def test_a_series_patch_is_the_one_for_the_kernels_series_and_a_missing_one_is_named(
+        session: Session, tmp_path: Path) -> None:
+    first = session.targets(Selection(arch="x86_64", variant="inject"))[0]
+    (tmp_path / "6.1").mkdir()
+    (tmp_path / "6.1" / "inject.patch").write_text((tmp_path / "inject.patch").read_text())
+    variant = replace(first.variant, patches=(tmp_path / "{series}" / "inject.patch",))
+    builder = session.builder()
+    old = replace(first, variant=variant, commit=replace(first.commit, series="6.1"))
+    result = builder.build(old)
+    assert result.status is Status.PASS and result.artifacts is not None
+    assert "injected_fault" in (result.artifacts / "vmlinux").read_text()
+    new = replace(old, commit=replace(old.commit, series="7.3"))
+    with pytest.raises(ConfigError) as err:
+        builder.build(new)
+    assert err.value.key == "variants[inject].patches[0]"
+    assert "series 7.3" in err.value.expected and "7.3/inject.patch" in err.value.expected

@@ -63,6 +63,21 @@ def test_arch_aliases_resolve_to_the_canonical_arch(fake_tree: Path, write_lab: 
     ("source: {debian: {versions: [6.1.192]}}\n"
      "variants: [{name: x, reverts: ['8766733641'], backports: ['8766733641']}]\n",
      "variants[0].backports", "not also in reverts"),
+    ("source: {debian: {versions: [6.1.192]}}\nvariants: [{name: x, series: [6]}]\n",
+     "variants[0].series[0]", "a string"),
+    ("source: {debian: {versions: [6.1.192]}}\nvariants: [{name: x, series: ['7.x']}]\n",
+     "variants[0].series[0]", "kernel series"),
+    ("source: {debian: {versions: [6.1.192]}}\nvariants: [{name: x, series: ['6.1', '5.4'],"
+     " patches: ['kernels/patches/reverts/{series}/8766733641.patch']}]\n",
+     "variants[0].patches[0]", "for series 5.4"),
+    ("source: {debian: {versions: [6.1.192]}}\nvariants: [{name: x,"
+     " patches: ['kernels/{series}/{arch}.patch']}]\n",
+     "variants[0].patches[0]", "no field but {series}"),
+    ("source: {git: next.git, remote: /srv/bpf-next}\n", "source.branch", "together"),
+    ("source: {debian: {versions: [6.1.192]}, remote: /srv/bpf-next, branch: master}\n",
+     "source.git", "fetched into"),
+    ("source: {git: next.git, remote: /r, branch: m, max_commits: 0}\n", "source.max_commits",
+     "a count"),
     ("- just\n- a list\n", "(top level)", "mapping"),
     ("source: [unclosed\n", "(file)", "valid YAML"),
 ])
@@ -315,3 +330,19 @@ def test_the_series_layers_are_data_checked_like_the_lab_file(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="does not exist"):
         load_series(bad)
     assert [s.first for s in load_series()] == ["6.12", "7.0"]  # the lab's own file
+
+
+def test_a_variant_runs_on_its_series_with_that_series_patch(write_lab: Writer) -> None:
+    from harness.model import Commit, Selection
+    lab = load_lab(write_lab(
+        DEBIAN + "variants:\n  - name: base\n"
+        "  - name: uaf\n    patches: ['kernels/patches/reverts/{series}/8766733641.patch']\n"
+        "  - name: old-only\n    series: ['6.1']\n"))
+    old, new = (Commit(s, s, f"v{s}", "", s) for s in ("6.1", "7.3"))
+    got = [(t.commit.series, t.variant.name) for t in Selection().targets(lab, [old, new])]
+    assert got == [("6.1", "base"), ("6.1", "uaf"), ("6.1", "old-only"),
+                   ("7.3", "base"), ("7.3", "uaf")]
+    uaf = lab.variants[1]
+    assert uaf.patches_for("7.3") == (PROJECT / "kernels/patches/reverts/7.3/8766733641.patch",)
+    with pytest.raises(Exception, match=r"old-only: arches any, series 6\.1.*v7\.3 \(7\.3\)"):
+        Selection(variant="old-only").targets(lab, [new])
