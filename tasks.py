@@ -121,6 +121,33 @@ def backports(c: Context, lab: str = "", fix: str = "", commit: str = "", arch: 
                                       selection, fix).verdict)
 
 
+@task(help={"lab": "a lab whose source names the branch to follow (source.remote, "
+                   "source.branch); see README, Nightly",
+            "force": "redo finished targets, kernel builds included",
+            "run_dir": "result store (default: work/runs/<lab name>-nightly)"})
+def nightly(c: Context, lab: str = "", force: bool = False, run_dir: str = "") -> None:
+    """Fetch the followed branch, test what landed since the last night, classify it
+    against that night; exit 1 on a regression confirmed on a fresh boot."""
+    from harness.nightly import nightly as run_nightly
+
+    def body(s: main.Session) -> Verdict:
+        result = run_nightly(s, Path(run_dir) if run_dir else None, force)
+        print(result.summary, flush=True)
+        return result.verdict
+    _run(lab, body)
+
+
+@task(help={"lab": LAB_HELP})
+def history(c: Context, lab: str = "") -> None:
+    """Print the lab's nights (the history database), oldest first."""
+    from harness.nightly import nights_text
+
+    def body(s: main.Session) -> Verdict:
+        print(nights_text(s))
+        return Verdict.OK
+    _run(lab, body)
+
+
 @task(help={"lab": LAB_HELP, "arch": "x86_64 or arm64",
             "commit": "commit (tag or sha; default: the newest of the lab's history)",
             "variant": "variant (default: base)", "init": "lean or systemd (default: the lab's guest.init)",
@@ -197,5 +224,5 @@ def setup(c: Context) -> None:
     print("setup: host packages and venv are in place")
 
 
-ns = Collection(setup, plan, build, boot, ssh, matrix, backports, report, test,
+ns = Collection(setup, plan, build, boot, ssh, matrix, backports, nightly, history, report, test,
                 bench_build)

@@ -64,6 +64,8 @@ MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1,)
 
 
 def default_url(workdir: Path) -> str:
+    """SQLite in the workdir (made if missing)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{workdir / 'history.sqlite3'}"
 
 

@@ -180,6 +180,9 @@ def _child(argv: Sequence[str], cwd: Path | None, env: Mapping[str, str]) -> Ite
         _watchdog.tell(f"-{proc.pid}")
 
 
+TIMED_OUT = 124  # Ops.run's exit status for a command ended at its timeout
+
+
 @dataclass
 class Ops:
     """Runs commands. Tests replace this object, and only this one, with a fake."""
@@ -195,16 +198,24 @@ class Ops:
 
     def run(self, argv: Sequence[str], cwd: Path | None = None,
             env: Mapping[str, str] | None = None, check: bool = True,
-            quiet: bool = False) -> Completed:
-        """Run argv to completion and capture its output (stderr folded in)."""
+            quiet: bool = False, timeout: float | None = None) -> Completed:
+        """Run argv to completion and capture its output (stderr folded in). Past
+        timeout seconds its process group is ended: exit status 124, as timeout(1)."""
         if self.verbose and not quiet:
             echo(argv, cwd)
         with _child(argv, cwd, self._env(env)) as proc:
-            stdout, _ = proc.communicate()
-        done = Completed(tuple(argv), proc.returncode, stdout)
-        if check and proc.returncode != 0:
+            try:
+                stdout, _ = proc.communicate(timeout=timeout)
+                code = proc.returncode
+            except subprocess.TimeoutExpired:
+                _end_groups([proc.pid], lambda _: proc.poll() is None, GRACE)
+                stdout, _ = proc.communicate()
+                stdout += f"\n(ended after {timeout:g} s)\n"
+                code = TIMED_OUT
+        done = Completed(tuple(argv), code, stdout)
+        if check and code != 0:
             tail = "\n".join(stdout.splitlines()[-15:])
-            raise LabError(f"command failed ({proc.returncode}): {shlex.join(argv)}\n{tail}")
+            raise LabError(f"command failed ({code}): {shlex.join(argv)}\n{tail}")
         return done
 
     def stream(self, argv: Sequence[str], log: Path, cwd: Path | None = None,

@@ -308,6 +308,9 @@ def _reason(run: GuestRun, stages: dict[Stage, Status], tied: list[Case]) -> str
     if stages.get(Stage.BOOT) is Status.FAIL and run.boots:
         return f"boot: {run.boots[0].state}: {run.boots[0].reason}"
     bad = [c for c in tied if c.status in (Status.FAIL, Status.ERROR)]
+    if not bad:
+        return "no test of the variant is in the suites' catalogue" if not tied else \
+            f"{worst(stages.values()).value}: see the boots' consoles"
     first = bad[0]
     more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
     return f"{first.status.value}: {first.test_id}: {first.message}{more}"

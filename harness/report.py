@@ -14,7 +14,7 @@ from pathlib import Path
 
 from harness import kreport
 from harness.errors import UserError
-from harness.junit import Case, JUnitError, from_junit
+from harness.junit import Case, JUnitError, stored_cases
 from harness.model import ReportRef, Stage, Status, TargetOutcome
 from harness.results import write_atomic, write_json
 from harness.store import Store
@@ -76,7 +76,7 @@ def load(store: Store) -> list[Cell]:
     for path, outcome in store.outcomes():
         outcome = replace(outcome, reports=rederive(path, outcome.reports))
         try:
-            cases = tuple(from_junit(path / "junit.xml", "")) \
+            cases = tuple(stored_cases(path / "junit.xml")) \
                 if (path / "junit.xml").exists() else ()
         except JUnitError as exc:
             print(f"report: {path.name}: {exc}", flush=True)

@@ -14,7 +14,7 @@ from typing import IO, Iterator
 import pytest
 
 from harness.errors import LabError
-from harness.ops import Ops
+from harness.ops import TIMED_OUT, Ops
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOWMAKE = Path(__file__).parent / "data" / "slowmake"
@@ -142,3 +142,11 @@ def test_a_sigkilled_lab_leaves_no_make_behind(pids: Path, tmp_path: Path) -> No
     lab.wait(timeout=5)
     # PDEATHSIG ends the top make at once; the watchdog ends the rest of its group.
     assert survivors(tree, within=8.0) == {}
+
+
+def test_a_command_past_its_timeout_is_ended_with_its_group_and_status_124() -> None:
+    started = time.monotonic()
+    done = Ops(verbose=False).run(["sh", "-c", "echo started; sleep 30 & sleep 30"],
+                                  check=False, timeout=0.5)
+    assert done.returncode == TIMED_OUT and time.monotonic() - started < 10
+    assert done.stdout.startswith("started") and "ended after 0.5 s" in done.stdout

@@ -138,7 +138,7 @@ def test_the_page_shows_each_test_on_each_target_with_its_reason_and_the_run_fac
     grid = html[html.index('id="tests"'):]
     grid = grid[:grid.index("</table>")]
     rows = grid.split("<tr>")[2:]
-    assert [r[len("<th>"):r.index("</th>")] for r in rows] == ["python.t::test_a", "python.t::test_leak"]
+    assert [r[len("<th>"):r.index("</th>")] for r in rows] == ["t.py::test_a", "t.py::test_leak"]
     # status and seconds in each cell; the skip's reason (escaped) and the test's
     # figures one click away; a test a target did not run is a dash
     assert "pass 0.0 s" in rows[0] and "no fentry &lt;here&gt;" in rows[0]

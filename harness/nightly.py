@@ -1,0 +1,226 @@
+"""./lab nightly: follow a branch (bpf-next's master), test what landed since the last
+night, and say what regressed, what got fixed and what is new. It composes the stages
+that exist: the branch is fetched into the lab's git tree, its commits run through
+the matrix's run_targets (everything built or run before is reused), the night goes
+into the history database and is classified against the night before; a regression
+is run again on a fresh boot before it is declared, and one that does not repeat is
+unstable."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from harness import history
+from harness.errors import LabError, UserError
+from harness.gitrepo import describe, git
+from harness.history import Change, Classified, Result, Seen, SigChange
+from harness.junit import JUnitError, stored_cases
+from harness.main import Session
+from harness.matrix import Seams, run_targets
+from harness.model import Selection, Target, Verdict
+from harness.ops import TIMED_OUT
+from harness.results import write_json
+from harness.store import Store, load_outcome
+
+TRACKING = "refs/remotes/lab"  # where the followed branch is fetched to
+
+
+@dataclass(frozen=True)
+class NightPlan:
+    head: str
+    since: str | None  # the head last night tested, when it is an ancestor of tonight's
+    commits: tuple[str, ...]  # to test tonight, oldest first; the head is last
+    dropped: tuple[str, ...]  # over max_commits: the oldest, not tested
+
+
+@dataclass
+class NightResult:
+    verdict: Verdict
+    night: history.Night | None
+    plan: NightPlan
+    changes: list[Classified] = field(default_factory=list)
+    signatures: list[tuple[str, SigChange]] = field(default_factory=list)
+    summary: str = ""
+
+
+def fetch(session: Session) -> str:
+    """The followed branch's head, fetched from the remote in bounded time into the
+    lab's git tree (made bare on the first night). Offline: one line, exit 2."""
+    src, ops = session.lab.source, session.ops
+    assert src.git is not None and src.remote and src.branch
+    repo = src.git
+    if not (repo / "HEAD").exists() and not (repo / ".git").exists():
+        repo.mkdir(parents=True, exist_ok=True)
+        ops.run(["git", "init", "-q", "--bare", str(repo)], quiet=True)
+    ref = f"{TRACKING}/{src.branch}"
+    done = ops.run(["git", "-C", str(repo), "fetch", "--quiet", "--no-tags", src.remote,
+                    f"+refs/heads/{src.branch}:{ref}"], check=False, quiet=True,
+                   timeout=src.fetch_timeout)
+    if done.returncode != 0:
+        lines = [line for line in done.stdout.splitlines() if line.strip()]
+        why = (f"no answer within {src.fetch_timeout:g} s (source.fetch_timeout)"
+               if done.returncode == TIMED_OUT else lines[-1] if lines else
+               f"git exit {done.returncode}")
+        raise LabError(f"fetching {src.branch} from {src.remote}: {why}")
+    return git(ops, repo, "rev-parse", f"{ref}^{{commit}}")
+
+
+def choose(session: Session, head: str, last: str | None) -> NightPlan:
+    """The head always, and every commit since last night's head that touches
+    source.paths; past max_commits the newest are kept and the rest named."""
+    src, ops = session.lab.source, session.ops
+    assert src.git is not None
+    since = None
+    if last and last != head and ops.run(
+            ["git", "-C", str(src.git), "merge-base", "--is-ancestor", last, head],
+            check=False, quiet=True).returncode == 0:
+        since = last
+    shas: list[str] = []
+    if since:
+        shas = git(ops, src.git, "rev-list", "--reverse", "--topo-order", f"{since}..{head}",
+                   "--", *src.paths).split()
+    shas = [s for s in shas if s != head] + [head]
+    keep = shas[-src.max_commits:]
+    return NightPlan(head, since, tuple(keep), tuple(shas[:-src.max_commits]))
+
+
+def _results(store: Store, targets: Sequence[Target]) -> tuple[list[Result], list[Seen]]:
+    results, seen = [], []
+    for target in targets:
+        where = store.target_dir(target)
+        try:
+            cases = stored_cases(where / "junit.xml")
+        except (OSError, JUnitError):
+            cases = []
+        for case in cases:
+            results.append(Result(target.commit.sha, target.arch.name, target.variant.name,
+                                  case.test_id, case.status.value, case.duration,
+                                  case.message[:2000]))
+        try:
+            refs = load_outcome(where / "metadata.json").reports
+        except ValueError:
+            refs = ()
+        for ref in refs:
+            seen.append(Seen(target.commit.sha, target.arch.name, target.variant.name,
+                             ref.signature, ref.test, ref.expected))
+    return results, seen
+
+
+def _retry(session: Session, run_dir: Path, head: list[Target],
+           regressed: list[Classified], seams: Seams) -> dict[history.Key, str]:
+    """Each regressed test once more, on a fresh boot of the same kernel, alone with
+    the other regressions of its target."""
+    by_target: dict[tuple[str, str], list[str]] = {}
+    for c in regressed:
+        test, arch, variant = c.key
+        by_target.setdefault((arch, variant), []).append(test)
+    targets = []
+    for t in head:
+        tests = by_target.get((t.arch.name, t.variant.name))
+        if tests:
+            targets.append(replace(t, variant=replace(t.variant, tests=tuple(tests))))
+    if not targets:
+        return {}
+    store = Store(run_dir / "retries" / head[0].commit.sha[:12])
+    run_targets(session, store, True, targets, seams)
+    results, _ = _results(store, targets)
+    return {(r.test, r.arch, r.variant): r.status for r in results}
+
+
+def nightly(session: Session, run_dir: Path | None = None, force: bool = False,
+            seams: Seams = Seams()) -> NightResult:
+    lab = session.lab
+    src = lab.source
+    if not (src.remote and src.branch):
+        raise UserError(f"{lab.path}: source.remote and source.branch: ./lab nightly follows "
+                        "a branch; name it and where to fetch it from")
+    engine = history.open_db(lab.history or history.default_url(lab.workdir))
+    name = lab.path.stem
+    nights = history.nights_of(engine, name, src.branch)
+    previous = nights[-1] if nights else None
+    head = fetch(session)
+    plan = choose(session, head, previous.head if previous else None)
+    for sha in plan.dropped:
+        print(f"nightly: not testing {sha[:12]} (over source.max_commits "
+              f"{src.max_commits}; the newest are kept)", flush=True)
+    tonight = Session(replace(lab, source=replace(src, commits=plan.commits, range=None)),
+                      session.ops)
+    targets = tonight.targets(Selection())
+    store = Store(run_dir or lab.workdir / "runs" / f"{name}-nightly")
+    run = run_targets(tonight, store, force, targets, seams)
+    results, seen = _results(store, targets)
+    head_targets = [t for t in targets if t.commit.sha == head]
+    now = [r for r in results if r.sha == head]
+    before = history.results_of(engine, previous.id) if previous else []
+    before = [r for r in before if previous and r.sha == previous.head]
+    changes = history.classify(before, now)
+    regressed = [c for c in changes if c.change is Change.REGRESSION]
+    retried = _retry(tonight, store.root, head_targets, regressed, seams) if regressed else {}
+    now = [replace(r, retry=retried.get((r.test, r.arch, r.variant))) for r in now]
+    changes = history.classify(before, now)
+    old_seen = history.seen_of(engine, previous.id) if previous else []
+    sigs = history.classify_signatures([s for s in old_seen if previous and
+                                        s.sha == previous.head],
+                                       [s for s in seen if s.sha == head])
+    confirmed = any(c.change is Change.REGRESSION for c in changes)
+    verdict = Verdict.LAB if run.verdict is Verdict.LAB else \
+        Verdict.FAILED if confirmed else Verdict.OK
+    everything = [replace(r, retry=retried.get((r.test, r.arch, r.variant)))
+                  if r.sha == head else r for r in results]
+    night = history.record(engine, name, src.branch, head, describe(
+        session.ops, src.git, head).name if src.git else head[:12], everything, seen,
+        verdict.value)
+    result = NightResult(verdict, night, plan, changes, sigs)
+    result.summary = summarize(result, previous)
+    write_json(store.root / "night.json", to_json(result))
+    return result
+
+
+def summarize(r: NightResult, previous: history.Night | None) -> str:
+    p = r.plan
+    lines = [f"night {r.night.id if r.night else '?'}: {p.head[:12]} "
+             f"({len(p.commits)} commit(s) tested"
+             + (f", {len(p.dropped)} over max_commits not tested" if p.dropped else "")
+             + (f"; since {p.since[:12]}" if p.since else "; first night" if not previous
+                else f"; last night's {previous.head[:12]} is not an ancestor: head only")
+             + ")"]
+    order = [Change.REGRESSION, Change.UNSTABLE, Change.STILL_FAILING, Change.FIXED,
+             Change.NEW, Change.MISSING]
+    for kind in order:
+        found = [c for c in r.changes if c.change is kind]
+        for c in found:
+            test, arch, variant = c.key
+            lines.append(f"  {kind.value:<14} {test} ({arch}/{variant}): "
+                         f"{c.before or '-'} -> {c.now or '-'}")
+    for sig, change in r.signatures:
+        lines.append(f"  report {change.value:<10} {sig}")
+    if len(lines) == 1:
+        lines.append("  nothing changed since last night" if previous else
+                     "  first night: nothing to compare with")
+    lines.append(f"verdict: {r.verdict.value}")
+    return "\n".join(lines)
+
+
+def to_json(r: NightResult) -> dict[str, object]:
+    return {"night": r.night.id if r.night else None, "head": r.plan.head,
+            "since": r.plan.since, "commits": list(r.plan.commits),
+            "dropped": list(r.plan.dropped), "verdict": r.verdict.value,
+            "changes": [{"test": c.key[0], "arch": c.key[1], "variant": c.key[2],
+                         "change": c.change.value, "before": c.before, "now": c.now}
+                        for c in r.changes],
+            "signatures": [{"signature": s, "change": c.value} for s, c in r.signatures]}
+
+
+def nights_text(session: Session) -> str:
+    """./lab history: the lab's nights, oldest first."""
+    lab = session.lab
+    engine = history.open_db(lab.history or history.default_url(lab.workdir))
+    found = history.nights_of(engine, lab.path.stem)
+    if not found:
+        return f"no night recorded for {lab.path.stem} yet (./lab nightly records them)"
+    rows = [f"{n.id:>4}  {n.started}  {n.branch:<20} {n.head[:12]}  {n.verdict}" for n in found]
+    return "\n".join(["night  started (UTC)        branch               head          verdict",
+                      *rows])
+

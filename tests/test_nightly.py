@@ -1,0 +1,105 @@
+"""./lab nightly over fakes at the matrix's seams (the fake kbuild tree as the remote
+branch, scripted guests): the first night, a regression confirmed on a fresh boot, a
+flaky test classified unstable, the commits chosen since the last night and capped,
+and a remote that cannot be reached."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness import history
+from harness.config import load_lab
+from harness.errors import LabError, UserError
+from harness.history import Change
+from harness.main import Session
+from harness.model import Verdict
+from harness.nightly import nightly, nights_text
+from harness.ops import Ops
+from tests.conftest import git
+from tests.test_matrix import PY, Guests, Script, junit_xml, seams
+
+FAIL = '<failure message="inner map lookup returned the wrong value"/>'
+
+
+@pytest.fixture
+def lab(fake_tree: Path, tmp_path: Path) -> Session:
+    path = tmp_path / "next.yaml"
+    path.write_text(f"workdir: {tmp_path / 'work'}\n"
+                    f"source: {{git: next.git, remote: {fake_tree}, branch: master,\n"
+                    "         paths: [map_in_map.c], max_commits: 2}\n"
+                    "arches: [x86_64]\nbuild: {ccache: false, jobs: 1}\n"
+                    "guest: {max_boots: 4}\n")
+    return Session(load_lab(path), Ops(verbose=False))
+
+
+def push(repo: Path, path: str, subject: str) -> str:
+    with open(repo / path, "a") as fh:
+        fh.write(f"/* {subject} */\n")
+    git(repo, "commit", "-q", "-am", subject)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def night(lab: Session, tmp_path: Path, *scripts: Script) -> tuple[object, Guests]:
+    guests = Guests(list(scripts) or [Script()])
+    return nightly(lab, tmp_path / "run", False, seams(guests)), guests
+
+
+def test_nights_follow_the_branch_and_a_regression_is_confirmed_before_it_is_declared(
+        lab: Session, fake_tree: Path, tmp_path: Path) -> None:
+    first, _ = night(lab, tmp_path)
+    assert first.verdict is Verdict.OK and first.plan.commits == (git(fake_tree, "rev-parse",
+                                                                      "HEAD"),)
+    assert "first night" in first.summary
+    # three commits to map_in_map.c and an unrelated one land; the head breaks test_one
+    landed = [push(fake_tree, "map_in_map.c", f"bpf: change {i}") for i in range(3)]
+    head = push(fake_tree, "arraymap.c", "bpf: unrelated")
+    broken = junit_xml({PY[0]: FAIL, PY[1]: "", PY[2]: ""})
+    second, guests = night(lab, tmp_path, Script(), Script(junit=broken),
+                           Script(junit=junit_xml({PY[0]: FAIL})))
+    # max_commits 2: the head and the newest map_in_map.c change; the other two named
+    assert second.plan.commits == (landed[2], head)
+    assert second.plan.dropped == tuple(landed[:2])
+    assert second.plan.since == first.plan.head
+    assert [(c.key, c.change) for c in second.changes] == [
+        ((PY[0], "x86_64", "base"), Change.REGRESSION)]
+    assert second.verdict is Verdict.FAILED and len(guests.boots) == 3  # 2 targets, 1 retry
+    assert "regression     test_a.py::test_one (x86_64/base): pass -> fail" in second.summary
+    # the third night: nothing new but the head again is not rerun... a fix lands
+    fixed = push(fake_tree, "map_in_map.c", "bpf: fix the lookup")
+    third, _ = night(lab, tmp_path)
+    assert third.plan.commits == (fixed,)
+    assert [(c.key[0], c.change) for c in third.changes] == [(PY[0], Change.FIXED)]
+    assert third.verdict is Verdict.OK
+    text = nights_text(lab)
+    assert [line.split()[-1] for line in text.splitlines()[1:]] == ["ok", "failed", "ok"]
+
+
+def test_a_failure_that_passes_on_a_fresh_boot_is_unstable_and_counted(
+        lab: Session, fake_tree: Path, tmp_path: Path) -> None:
+    night(lab, tmp_path)
+    push(fake_tree, "map_in_map.c", "bpf: harmless")
+    flaky, _ = night(lab, tmp_path, Script(junit=junit_xml({PY[0]: FAIL, PY[1]: "",
+                                                            PY[2]: ""})), Script())
+    assert [(c.key[0], c.change) for c in flaky.changes] == [(PY[0], Change.UNSTABLE)]
+    assert flaky.verdict is Verdict.OK  # not declared, not to be bisected
+    engine = history.open_db(history.default_url(lab.lab.workdir))
+    assert history.flips(engine, "next", (PY[0], "x86_64", "base")) == 2
+
+
+def test_a_remote_that_cannot_be_reached_is_one_line(lab: Session, fake_tree: Path,
+                                                     tmp_path: Path) -> None:
+    shutil.rmtree(fake_tree)
+    with pytest.raises(LabError) as err:
+        night(lab, tmp_path)
+    assert str(err.value).startswith(f"fetching master from {fake_tree}: ")
+    assert "\n" not in str(err.value)
+
+
+def test_a_lab_without_a_branch_to_follow_is_refused(fake_tree: Path, tmp_path: Path) -> None:
+    path = tmp_path / "plain.yaml"
+    path.write_text(f"workdir: {tmp_path / 'w'}\nsource: {{git: {fake_tree}, commits: [v1]}}\n")
+    with pytest.raises(UserError, match="source.remote and source.branch"):
+        nightly(Session(load_lab(path), Ops(verbose=False)))
