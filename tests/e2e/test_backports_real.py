@@ -2,10 +2,11 @@
 
 On the default Debian lab: 6.1.192 carries 8766733641 since 6.1.75 by the
 table and by Debian's own changelog; its reproducers are clean, and with the fix taken
-out (the project's revert patch for 6.1) KASAN reports the use-after-free again.
+out (the project's revert patch for 6.1) KASAN reports the use-after-free again. Then
+the whole default lab (6.1.192 and 7.3-rc7, both arches, every fix of the table).
 
-On a local git tree in the shape of linux-stable, made from the lab's Debian 6.1
-sources (./lab test --full): a release with the fix taken out, then the prerequisite's
+On a local git tree in the shape of linux-stable, made from Debian's 6.1.190 and
+6.1.192 sources (./lab test --full): a release with the fix taken out, then the prerequisite's
 and the fix's backports carrying stable trailers, then 6.1.192; and a branch where the
 fix was backported without its prerequisite. Expected from that history alone: missing
 before the backport, verified from it on, the branch flagged incomplete."""
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -82,9 +84,10 @@ def stable_tree() -> Path:
     lab's workdir (work/e2e/linux-stable): the same commits on every run (fixed dates),
     so the lab's checkout, build directory and kernel cache serve the next run too. No
     working tree is written: trees are made in a scratch index."""
-    session = Session(load_lab(), Ops(verbose=False))
-    session.targets(Selection())  # imports the Debian releases when missing
-    debian = load_lab().workdir / "src" / "debian.git"
+    lab = load_lab()
+    lab = replace(lab, source=replace(lab.source, debian_versions=("6.1.190", "6.1.192")))
+    Session(lab, Ops(verbose=False)).targets(Selection())  # imports them when missing
+    debian = lab.workdir / "src" / "debian.git"
     where = load_lab().workdir / "e2e"
     repo = where / "linux-stable"
     if not (repo / "HEAD").exists():
@@ -146,16 +149,17 @@ def test_a_stable_branch_is_missing_then_verified_and_a_lone_backport_is_incompl
 
 @pytest.mark.full
 def test_the_default_lab_carries_each_fix_it_should_and_each_fix_works(tmp_path: Path) -> None:
-    """The README's table: both 6.1 releases, both arches. 8766733641 (6.1.75) and
-    cba41bb78d (6.1.34) are in both releases by the stable table and Debian's changelog,
-    and taking either out brings its bug back; d48995723c fixes aa3496accc, which 6.1
-    never had: not affected."""
+    """The README's table: 6.1.192 and 7.3-rc7, both arches. 8766733641 (6.1.75, v6.8)
+    and cba41bb78d (6.1.34, v6.4) are in both by the stable table, Debian's changelog
+    and the release; taking either out (the series' revert patch) brings its bug back.
+    d48995723c fixes aa3496accc (v6.2): 6.1 never had the bug, not affected; on 7.3
+    its revert brings the leak back."""
     code, out, rows = backports(tmp_path / "run")
     assert code == 0, out[-4000:]
     got = {(str(r["fix"]), str(r["kernel"]), str(r["arch"])): r for r in rows}
-    kernels = [(k, a) for k in ("v6.1.190", "v6.1.192") for a in ("x86_64", "arm64")]
+    kernels = [(k, a) for k in ("v6.1.192", "v7.3-rc7") for a in ("x86_64", "arm64")]
     assert sorted(got) == sorted((f, k, a) for f in (UAF, "cba41bb78d", "d48995723c")
                                  for k, a in kernels)
-    for (fix, _, _), row in got.items():
-        wanted = "not-affected" if fix == "d48995723c" else "verified"
+    for (fix, kernel, _), row in got.items():
+        wanted = "not-affected" if (fix, kernel) == ("d48995723c", "v6.1.192") else "verified"
         assert row["verdict"] == wanted and not row["flags"], row
