@@ -137,6 +137,26 @@ def nightly(c: Context, lab: str = "", force: bool = False, run_dir: str = "") -
     _run(lab, body)
 
 
+@task(help={"lab": LAB_HELP, "good": "a commit where the test passes",
+            "bad": "a commit where it fails", "test": "the test id (test_x.py::test_y, "
+            "map_in_map::name, lab.lab::kernel-health)", "arch": "x86_64 or arm64",
+            "variant": "the variant (default base)",
+            "repeat": "runs per step (2 or more for an unstable test)",
+            "run_dir": "result store (default: work/runs/<lab>-bisect/<test>)"})
+def bisect(c: Context, good: str, bad: str, test: str, arch: str, lab: str = "",
+           variant: str = "base", repeat: int = 1, run_dir: str = "") -> None:
+    """Bisect a test between a good and a bad commit over every commit; verify the
+    culprit by reverting it on the bad one. Exit 0 culprit verified, 1 otherwise."""
+    from harness.bisect import bisect as run_bisect
+
+    def body(s: main.Session) -> Verdict:
+        found = run_bisect(s, good, bad, test, arch, variant, max(1, repeat),
+                           Path(run_dir) if run_dir else None)
+        print(found.text(), flush=True)
+        return Verdict.OK if found.verification == "verified" else Verdict.FAILED
+    _run(lab, body)
+
+
 @task(help={"lab": LAB_HELP})
 def history(c: Context, lab: str = "") -> None:
     """Print the lab's nights (the history database), oldest first."""
@@ -224,5 +244,6 @@ def setup(c: Context) -> None:
     print("setup: host packages and venv are in place")
 
 
-ns = Collection(setup, plan, build, boot, ssh, matrix, backports, nightly, history, report, test,
+ns = Collection(setup, plan, build, boot, ssh, matrix, backports, nightly, bisect, history,
+                report, test,
                 bench_build)

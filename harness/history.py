@@ -255,3 +255,14 @@ def flips(engine: Engine, lab: str, key: Key) -> int:
             if retry is not None:
                 seq.append(retry in BAD)
     return sum(1 for x, y in zip(seq, seq[1:]) if x != y)
+
+
+def ever_unstable(engine: Engine, lab: str, key: Key) -> bool:
+    """Did the test ever fail and then pass on its retry, in any of the lab's nights?"""
+    test, arch, variant = key
+    q = (sa.select(sa.func.count()).select_from(outcomes.join(nights))
+         .where(nights.c.lab == lab, outcomes.c.test == test, outcomes.c.arch == arch,
+                outcomes.c.variant == variant, outcomes.c.status.in_(BAD),
+                outcomes.c.retry.is_not(None), outcomes.c.retry.not_in(BAD)))
+    with engine.connect() as conn:
+        return int(conn.execute(q).scalar_one()) > 0

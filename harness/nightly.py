@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness import history
+from harness.bisect import Bisection, bisect
 from harness.errors import LabError, UserError
 from harness.gitrepo import describe, git
 from harness.history import Change, Classified, Result, Seen, SigChange
@@ -42,6 +43,7 @@ class NightResult:
     plan: NightPlan
     changes: list[Classified] = field(default_factory=list)
     signatures: list[tuple[str, SigChange]] = field(default_factory=list)
+    bisections: list[Bisection] = field(default_factory=list)
     summary: str = ""
 
 
@@ -108,6 +110,11 @@ def _results(store: Store, targets: Sequence[Target]) -> tuple[list[Result], lis
     return results, seen
 
 
+def lab_case(test: str) -> bool:
+    """A case the lab writes itself (kernel-health), not a test of the suites."""
+    return test.startswith("lab.")
+
+
 def _retry(session: Session, run_dir: Path, head: list[Target],
            regressed: list[Classified], seams: Seams) -> dict[history.Key, str]:
     """Each regressed test once more, on a fresh boot of the same kernel, alone with
@@ -119,8 +126,9 @@ def _retry(session: Session, run_dir: Path, head: list[Target],
     targets = []
     for t in head:
         tests = by_target.get((t.arch.name, t.variant.name))
-        if tests:
-            targets.append(replace(t, variant=replace(t.variant, tests=tuple(tests))))
+        if tests:  # the lab's own cases (kernel-health) need the whole suites again
+            share = () if any(lab_case(x) for x in tests) else tuple(tests)
+            targets.append(replace(t, variant=replace(t.variant, tests=share)))
     if not targets:
         return {}
     store = Store(run_dir / "retries" / head[0].commit.sha[:12])
@@ -172,7 +180,18 @@ def nightly(session: Session, run_dir: Path | None = None, force: bool = False,
     night = history.record(engine, name, src.branch, head, describe(
         session.ops, src.git, head).name if src.git else head[:12], everything, seen,
         verdict.value)
-    result = NightResult(verdict, night, plan, changes, sigs)
+    bisections = []
+    if previous:  # between last night's head (good) and tonight's, over every commit
+        for c in changes:
+            if c.change is Change.REGRESSION:
+                test, arch, variant = c.key
+                repeat = 2 if history.ever_unstable(engine, name, c.key) else 1
+                found = bisect(session, previous.head, head, test, arch, variant, repeat,
+                               store.root / "bisect" / head[:12] / f"{arch}-{variant}",
+                               seams)
+                print(found.text(), flush=True)
+                bisections.append(found)
+    result = NightResult(verdict, night, plan, changes, sigs, bisections)
     result.summary = summarize(result, previous)
     write_json(store.root / "night.json", to_json(result))
     return result
@@ -196,6 +215,11 @@ def summarize(r: NightResult, previous: history.Night | None) -> str:
                          f"{c.before or '-'} -> {c.now or '-'}")
     for sig, change in r.signatures:
         lines.append(f"  report {change.value:<10} {sig}")
+    for b in r.bisections:
+        lines.append(f"  bisected {b.test} ({b.arch}/{b.variant}): " + (
+            f"{b.culprit[:12]} {b.subject!r} by {b.author}, {len(b.steps)} steps, "
+            f"{b.seconds:.0f} s, revert {b.verification}, confidence {b.confidence}"
+            if b.culprit else "no single culprit"))
     if len(lines) == 1:
         lines.append("  nothing changed since last night" if previous else
                      "  first night: nothing to compare with")
@@ -210,7 +234,8 @@ def to_json(r: NightResult) -> dict[str, object]:
             "changes": [{"test": c.key[0], "arch": c.key[1], "variant": c.key[2],
                          "change": c.change.value, "before": c.before, "now": c.now}
                         for c in r.changes],
-            "signatures": [{"signature": s, "change": c.value} for s, c in r.signatures]}
+            "signatures": [{"signature": s, "change": c.value} for s, c in r.signatures],
+            "bisections": [b.to_json() for b in r.bisections]}
 
 
 def nights_text(session: Session) -> str:

@@ -65,6 +65,8 @@ def check_history(url: str) -> None:
     assert history.seen_of(engine, first.id)[0].expected is True
     # pass, then fail, then pass on the retry: two flips
     assert history.flips(engine, "lab", ("a", "x86_64", "base")) == 2
+    assert history.ever_unstable(engine, "lab", ("a", "x86_64", "base"))
+    assert not history.ever_unstable(engine, "lab", ("b", "x86_64", "base"))
     # opening again migrates nothing and keeps everything
     assert len(history.nights_of(history.open_db(url), "lab")) == 2
 

@@ -69,6 +69,7 @@ class Script:
     die_in: str = ""  # a test id: the guest dies while running it
     panic: bool = False  # ... with a kernel panic on the console
     tainted_after_python: bool = False
+    fail: tuple[str, ...] = ()  # python tests that fail when requested; the rest pass
 
 
 def requested(command: str, all_ids: tuple[str, ...]) -> tuple[str, ...]:
@@ -108,7 +109,8 @@ class FakeSSH:
             err.partial = CommandResult(command, -1, out + "\n", "", 1.0)
             raise err
         if suite == "python":
-            self.junit = s.junit or junit_xml({t: "" for t in ids})
+            self.junit = s.junit or junit_xml(
+                {t: '<failure message="scripted failure"/>' if t in s.fail else "" for t in ids})
             self.tainted = s.tainted_after_python
             return CommandResult(command, s.pytest_exit, "", "", 1.0)
         return CommandResult(command, s.c_exit, s.c_out or tap(ids), "", 1.0)

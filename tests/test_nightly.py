@@ -16,9 +16,10 @@ from harness.errors import LabError, UserError
 from harness.history import Change
 from harness.main import Session
 from harness.model import Verdict
-from harness.nightly import nightly, nights_text
+from harness.nightly import NightResult, nightly, nights_text
 from harness.ops import Ops
 from tests.conftest import git
+from tests.test_bisect import BROKEN, ByKernel
 from tests.test_matrix import PY, Guests, Script, junit_xml, seams
 
 FAIL = '<failure message="inner map lookup returned the wrong value"/>'
@@ -35,44 +36,50 @@ def lab(fake_tree: Path, tmp_path: Path) -> Session:
     return Session(load_lab(path), Ops(verbose=False))
 
 
-def push(repo: Path, path: str, subject: str) -> str:
-    with open(repo / path, "a") as fh:
-        fh.write(f"/* {subject} */\n")
+def push(repo: Path, path: str, subject: str, line: str = "", drop: str = "") -> str:
+    text = (repo / path).read_text().replace(f"{drop}\n", "") if drop else \
+        (repo / path).read_text()
+    (repo / path).write_text(text + f"{line or f'/* {subject} */'}\n")
     git(repo, "commit", "-q", "-am", subject)
     return git(repo, "rev-parse", "HEAD")
 
 
-def night(lab: Session, tmp_path: Path, *scripts: Script) -> tuple[object, Guests]:
+def night(lab: Session, tmp_path: Path, *scripts: Script) -> tuple[NightResult, Guests]:
     guests = Guests(list(scripts) or [Script()])
     return nightly(lab, tmp_path / "run", False, seams(guests)), guests
 
 
-def test_nights_follow_the_branch_and_a_regression_is_confirmed_before_it_is_declared(
+def test_nights_follow_the_branch_and_a_regression_is_confirmed_then_bisected(
         lab: Session, fake_tree: Path, tmp_path: Path) -> None:
-    first, _ = night(lab, tmp_path)
+    first = nightly(lab, tmp_path / "run", False, seams(ByKernel()))
     assert first.verdict is Verdict.OK and first.plan.commits == (git(fake_tree, "rev-parse",
                                                                       "HEAD"),)
     assert "first night" in first.summary
-    # three commits to map_in_map.c and an unrelated one land; the head breaks test_one
-    landed = [push(fake_tree, "map_in_map.c", f"bpf: change {i}") for i in range(3)]
-    head = push(fake_tree, "arraymap.c", "bpf: unrelated")
-    broken = junit_xml({PY[0]: FAIL, PY[1]: "", PY[2]: ""})
-    second, guests = night(lab, tmp_path, Script(), Script(junit=broken),
-                           Script(junit=junit_xml({PY[0]: FAIL})))
-    # max_commits 2: the head and the newest map_in_map.c change; the other two named
-    assert second.plan.commits == (landed[2], head)
-    assert second.plan.dropped == tuple(landed[:2])
+    # three map_in_map.c changes land, and one outside source.paths that breaks test_one
+    landed = [push(fake_tree, "map_in_map.c", f"bpf: change {i}") for i in range(2)]
+    culprit = push(fake_tree, "arraymap.c", "bpf: Inline the inner lookup differently",
+                   BROKEN)
+    head = push(fake_tree, "map_in_map.c", "bpf: change 2")
+    guests = ByKernel()
+    second = nightly(lab, tmp_path / "run", False, seams(guests))
+    # max_commits 2: the head and the newest map_in_map.c change before it; one named
+    assert second.plan.commits == (landed[1], head)
+    assert second.plan.dropped == (landed[0],)
     assert second.plan.since == first.plan.head
     assert [(c.key, c.change) for c in second.changes] == [
         ((PY[0], "x86_64", "base"), Change.REGRESSION)]
-    assert second.verdict is Verdict.FAILED and len(guests.boots) == 3  # 2 targets, 1 retry
+    assert second.verdict is Verdict.FAILED
     assert "regression     test_a.py::test_one (x86_64/base): pass -> fail" in second.summary
-    # the third night: nothing new but the head again is not rerun... a fix lands
-    fixed = push(fake_tree, "map_in_map.c", "bpf: fix the lookup")
-    third, _ = night(lab, tmp_path)
+    # bisected over every commit, the one outside source.paths included; verified
+    [found] = second.bisections
+    assert found.culprit == culprit and found.verification == "verified", found.text()
+    assert f"bisected test_a.py::test_one (x86_64/base): {culprit[:12]}" in second.summary
+    # the third night: a fix lands
+    fixed = push(fake_tree, "arraymap.c", "bpf: fix the lookup", "", drop=BROKEN)
+    third = nightly(lab, tmp_path / "run", False, seams(ByKernel()))
     assert third.plan.commits == (fixed,)
     assert [(c.key[0], c.change) for c in third.changes] == [(PY[0], Change.FIXED)]
-    assert third.verdict is Verdict.OK
+    assert third.verdict is Verdict.OK and third.bisections == []
     text = nights_text(lab)
     assert [line.split()[-1] for line in text.splitlines()[1:]] == ["ok", "failed", "ok"]
 
