@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from harness import history
+from harness import history, kcidb
 from harness.bisect import Bisection, bisect
 from harness.errors import LabError, UserError
 from harness.gitrepo import describe, git
@@ -191,6 +191,8 @@ def nightly(session: Session, run_dir: Path | None = None, force: bool = False,
                                seams)
                 print(found.text(), flush=True)
                 bisections.append(found)
+    kcidb.write(kcidb.export(store, targets, src.branch, src.remote),
+                store.root / "kcidb.json")
     result = NightResult(verdict, night, plan, changes, sigs, bisections)
     result.summary = summarize(result, previous)
     write_json(store.root / "night.json", to_json(result))

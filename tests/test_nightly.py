@@ -5,9 +5,11 @@ and a remote that cannot be reached."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import kcidb_io
 import pytest
 
 from harness import history
@@ -74,6 +76,12 @@ def test_nights_follow_the_branch_and_a_regression_is_confirmed_then_bisected(
     [found] = second.bisections
     assert found.culprit == culprit and found.verification == "verified", found.text()
     assert f"bisected test_a.py::test_one (x86_64/base): {culprit[:12]}" in second.summary
+    # the night in KCIDB's schema, as a KernelCI submitter would send it
+    data = json.loads((tmp_path / "run" / "kcidb.json").read_text())
+    kcidb_io.schema.LATEST.validate(data)
+    assert ("bpflab.python.test_a.test_one", "FAIL") in {(t["path"], t["status"])
+                                                        for t in data["tests"]}
+    assert {c["git_commit_hash"] for c in data["checkouts"]} >= {head}
     # the third night: a fix lands
     fixed = push(fake_tree, "arraymap.c", "bpf: fix the lookup", "", drop=BROKEN)
     third = nightly(lab, tmp_path / "run", False, seams(ByKernel()))
