@@ -318,7 +318,7 @@ def _source(t: Table, base: Path) -> Source:
                           "fetched into) with source.remote")
     git_path = _resolve(base, git) if git else None
     if remote and git:  # made by the first fetch: relative to the lab file
-        git_path = base / Path(git).expanduser()
+        git_path = Path(os.path.normpath(base / Path(git).expanduser()))
     if git_path and not remote and not (git_path / ".git").exists() \
             and not (git_path / "HEAD").exists():
         raise ConfigError(t.file, t.key("git"), f"a git repository, but {git_path} is not one")
