@@ -54,13 +54,29 @@ signatures = sa.Table(
     sa.Column("expected", sa.Boolean, nullable=False))
 
 
+culprits = sa.Table(  # schema 2: what each confirmed regression was bisected to
+    "culprits", meta,
+    sa.Column("night", sa.Integer, sa.ForeignKey("nights.id"), nullable=False, index=True),
+    sa.Column("test", sa.String(400), nullable=False),
+    sa.Column("arch", sa.String(32), nullable=False),
+    sa.Column("variant", sa.String(64), nullable=False),
+    sa.Column("sha", sa.String(64), nullable=False),  # "" when none was singled out
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("verification", sa.Text, nullable=False),
+    sa.Column("confidence", sa.String(16), nullable=False))
+
+
 def _v1(conn: Connection) -> None:
     for table in (nights, outcomes, signatures):
         table.create(conn)
 
 
+def _v2(conn: Connection) -> None:
+    culprits.create(conn)
+
+
 # Migrations: version n is reached by MIGRATIONS[n - 1]; append, never edit.
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1,)
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2)
 
 
 def default_url(workdir: Path) -> str:
@@ -266,3 +282,28 @@ def ever_unstable(engine: Engine, lab: str, key: Key) -> bool:
                 outcomes.c.retry.is_not(None), outcomes.c.retry.not_in(BAD)))
     with engine.connect() as conn:
         return int(conn.execute(q).scalar_one()) > 0
+
+
+@dataclass(frozen=True)
+class Culprit:
+    test: str
+    arch: str
+    variant: str
+    sha: str
+    subject: str
+    verification: str
+    confidence: str
+
+
+def record_culprits(engine: Engine, night: int, found: Iterable[Culprit]) -> None:
+    rows = [dict(night=night, **c.__dict__) for c in found]
+    if rows:
+        with engine.begin() as conn:
+            conn.execute(culprits.insert(), rows)
+
+
+def culprits_of(engine: Engine, night: int) -> list[Culprit]:
+    q = sa.select(culprits).where(culprits.c.night == night)
+    with engine.connect() as conn:
+        return [Culprit(**{k: v for k, v in row._asdict().items() if k != "night"})
+                for row in conn.execute(q)]

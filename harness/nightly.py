@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from html import escape
 from pathlib import Path
+
+from sqlalchemy.engine import Engine
 
 from harness import history, kcidb
 from harness.bisect import Bisection, bisect
@@ -22,7 +25,7 @@ from harness.main import Session
 from harness.matrix import Seams, run_targets
 from harness.model import Selection, Target, Verdict
 from harness.ops import TIMED_OUT
-from harness.results import write_json
+from harness.results import write_atomic, write_json
 from harness.store import Store, load_outcome
 
 TRACKING = "refs/remotes/lab"  # where the followed branch is fetched to
@@ -191,8 +194,12 @@ def nightly(session: Session, run_dir: Path | None = None, force: bool = False,
                                seams)
                 print(found.text(), flush=True)
                 bisections.append(found)
+    history.record_culprits(engine, night.id, [
+        history.Culprit(b.test, b.arch, b.variant, b.culprit, b.subject, b.verification,
+                        b.confidence) for b in bisections])
     kcidb.write(kcidb.export(store, targets, src.branch, src.remote),
                 store.root / "kcidb.json")
+    write_atomic(store.root / "nights.html", nights_page(engine, name))
     result = NightResult(verdict, night, plan, changes, sigs, bisections)
     result.summary = summarize(result, previous)
     write_json(store.root / "night.json", to_json(result))
@@ -251,3 +258,45 @@ def nights_text(session: Session) -> str:
     return "\n".join(["night  started (UTC)        branch               head          verdict",
                       *rows])
 
+
+
+def nights_page(engine: Engine, lab: str) -> str:
+    """Every night of the lab: its head, counts, regressions with their culprit; every
+    unexpected report signature with the first and last night it was seen."""
+    rows: list[list[str]] = []
+    seen: dict[str, tuple[int, int, int]] = {}
+    for n in history.nights_of(engine, lab):
+        results = [r for r in history.results_of(engine, n.id) if r.sha == n.head]
+        bad = sum(1 for r in results if r.status in history.BAD)
+        found = "; ".join(
+            f"{c.test} ({c.arch}/{c.variant}): " + (
+                f"{c.sha[:12]} {c.subject} [{c.verification}, {c.confidence}]" if c.sha
+                else "no single culprit") for c in history.culprits_of(engine, n.id))
+        rows.append([str(n.id), n.started, n.branch, f"{n.head_name} ({n.head[:12]})",
+                     f"{len(results) - bad}/{len(results)} pass", n.verdict,
+                     found or "none"])
+        for sig in history.seen_of(engine, n.id):
+            if not sig.expected:
+                first, _, count = seen.get(sig.signature, (n.id, n.id, 0))
+                seen[sig.signature] = (first, n.id, count + 1)
+
+    def table(head: list[str], body: list[list[str]], empty: str) -> str:
+        cells = "".join("<tr>" + "".join(f"<td>{escape(v)}</td>" for v in row) + "</tr>"
+                        for row in body) or f'<tr><td colspan="{len(head)}">{escape(empty)}</td></tr>'
+        return "<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + \
+            f"</tr>{cells}</table>"
+    sigs = [[s, f"night {a}", f"night {b}", str(c)] for s, (a, b, c) in sorted(seen.items())]
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>bpflab nights: {escape(lab)}</title><style>
+body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #999;padding:.4em;vertical-align:top;text-align:left}}
+</style></head><body>
+<h1>bpflab nights: {escape(lab)}</h1>
+<h2>Nights</h2>
+{table(["night", "started (UTC)", "branch", "head", "tests", "verdict",
+        "regressions bisected"], rows, "none: no night recorded")}
+<h2>Kernel report signatures across nights</h2>
+{table(["signature", "first seen", "last seen", "seen on"], sigs,
+       "none: no unexpected report in any night")}
+</body></html>
+"""

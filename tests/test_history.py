@@ -136,3 +136,20 @@ def postgres(tmp_path: Path) -> Iterator[str]:
 
 def test_postgresql_keeps_nights_results_and_signatures(postgres: str) -> None:
     check_history(postgres)
+
+
+def test_a_database_of_the_first_schema_is_migrated_and_keeps_its_nights(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = history.default_url(tmp_path)
+    monkeypatch.setattr(history, "MIGRATIONS", history.MIGRATIONS[:1])
+    old = history.record(history.open_db(url), "lab", "m", "h1", "h1", [r("a", "pass")], [],
+                         "ok")
+    monkeypatch.undo()
+    engine = history.open_db(url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(history.schema.c.version)).scalar_one() == \
+            len(history.MIGRATIONS)
+    assert history.results_of(engine, old.id) == [r("a", "pass")]
+    found = history.Culprit("a", "x86_64", "base", "c" * 40, "bpf: x", "verified", "high")
+    history.record_culprits(engine, old.id, [found])
+    assert history.culprits_of(engine, old.id) == [found]

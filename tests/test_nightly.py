@@ -88,6 +88,10 @@ def test_nights_follow_the_branch_and_a_regression_is_confirmed_then_bisected(
     assert third.plan.commits == (fixed,)
     assert [(c.key[0], c.change) for c in third.changes] == [(PY[0], Change.FIXED)]
     assert third.verdict is Verdict.OK and third.bisections == []
+    page = (tmp_path / "run" / "nights.html").read_text()
+    assert f"{culprit[:12]} bpf: Inline the inner lookup differently [verified, " in page
+    assert page.count("<tr>") == 1 + 3 + 2  # the nights' and signatures' headers, 3 nights
+    assert "none: no unexpected report in any night" in page
     text = nights_text(lab)
     assert [line.split()[-1] for line in text.splitlines()[1:]] == ["ok", "failed", "ok"]
 
