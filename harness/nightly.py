@@ -212,6 +212,7 @@ def summarize(r: NightResult, previous: history.Night | None) -> str:
              f"({len(p.commits)} commit(s) tested"
              + (f", {len(p.dropped)} over max_commits not tested" if p.dropped else "")
              + (f"; since {p.since[:12]}" if p.since else "; first night" if not previous
+                else "; nothing new since last night" if previous.head == p.head
                 else f"; last night's {previous.head[:12]} is not an ancestor: head only")
              + ")"]
     order = [Change.REGRESSION, Change.UNSTABLE, Change.STILL_FAILING, Change.FIXED,

@@ -90,10 +90,15 @@ def test_nights_follow_the_branch_and_a_regression_is_confirmed_then_bisected(
     assert third.verdict is Verdict.OK and third.bisections == []
     page = (tmp_path / "run" / "nights.html").read_text()
     assert f"{culprit[:12]} bpf: Inline the inner lookup differently [verified, " in page
-    assert page.count("<tr>") == 1 + 3 + 2  # the nights' and signatures' headers, 3 nights
+    assert page.count("<tr>") == 2 + 3 + 1  # two headers, 3 nights, "none" for signatures
     assert "none: no unexpected report in any night" in page
+    # a night with nothing new: no build, no boot, nothing changed
+    guests = ByKernel()
+    fourth = nightly(lab, tmp_path / "run", False, seams(guests))
+    assert guests.boots == [] and fourth.changes == [] and fourth.verdict is Verdict.OK
+    assert "nothing new since last night" in fourth.summary
     text = nights_text(lab)
-    assert [line.split()[-1] for line in text.splitlines()[1:]] == ["ok", "failed", "ok"]
+    assert [line.split()[-1] for line in text.splitlines()[1:]] == ["ok", "failed", "ok", "ok"]
 
 
 def test_a_failure_that_passes_on_a_fresh_boot_is_unstable_and_counted(
