@@ -48,6 +48,7 @@ class NightResult:
     signatures: list[tuple[str, SigChange]] = field(default_factory=list)
     bisections: list[Bisection] = field(default_factory=list)
     summary: str = ""
+    ran: int = 0  # targets built and booted tonight (the rest came from the store)
 
 
 def fetch(session: Session) -> str:
@@ -200,7 +201,7 @@ def nightly(session: Session, run_dir: Path | None = None, force: bool = False,
     kcidb.write(kcidb.export(store, targets, src.branch, src.remote),
                 store.root / "kcidb.json")
     write_atomic(store.root / "nights.html", nights_page(engine, name))
-    result = NightResult(verdict, night, plan, changes, sigs, bisections)
+    result = NightResult(verdict, night, plan, changes, sigs, bisections, ran=run.ran)
     result.summary = summarize(result, previous)
     write_json(store.root / "night.json", to_json(result))
     return result
