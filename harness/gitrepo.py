@@ -4,8 +4,6 @@ keep a checkout the lab owns (the user's working copy is never touched)."""
 from __future__ import annotations
 
 import re
-import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +83,12 @@ def makefile_version(ops: Ops, repo: Path, sha: str) -> dict[str, str]:
     return dict(_MAKEFILE_VERSION.findall(text))
 
 
+def _objects_dir(repo: Path) -> Path:
+    """A repository's object store: repo/objects when bare, else repo/.git/objects."""
+    return (repo / "objects") if (repo / "HEAD").exists() and not (repo / ".git").exists() \
+        else (repo / ".git" / "objects")
+
+
 def source_repo(ops: Ops, lab: Lab) -> Path:
     """The repository commits are read from (Debian's is imported on first use)."""
     if lab.source.git:
@@ -95,26 +99,30 @@ def source_repo(ops: Ops, lab: Lab) -> Path:
 
 @dataclass
 class Checkout:
-    """A clone the lab owns, sharing objects with the source repository."""
+    """The working tree the lab builds from: one per workdir, shared by every source
+    (the default lab's Debian releases, a followed bpf-next, a stable tree), so the
+    kernel sources of any of them sit at the same path and a series' build directory
+    stays incremental from one source's commit to another's. It borrows the objects of
+    each source it is used with (git alternates) instead of copying them."""
 
     path: Path
     origin: Path
     ops: Ops
 
     def ensure(self) -> None:
-        """Cloned from origin; a checkout of another repository under the same name (a
-        lab whose git tree moved) is cloned again: it would lack the commits, and its
-        borrowed objects may be gone with the old repository."""
-        if (self.path / ".git").exists():
-            url = git(self.ops, self.path, "config", "--get", "remote.origin.url", check=False)
-            if url == str(self.origin):
-                return
-            print(f"checkout {self.path} was cloned from {url or 'elsewhere'}, not "
-                  f"{self.origin}: cloning it again", file=sys.stderr, flush=True)
-            shutil.rmtree(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.ops.run(["git", "clone", "-q", "--shared", "--no-checkout",
-                      str(self.origin), str(self.path)])
+        """Cloned (from the first origin), and able to read the origin's objects."""
+        if not (self.path / ".git").exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.ops.run(["git", "clone", "-q", "--shared", "--no-checkout",
+                          str(self.origin), str(self.path)])
+        alternates = self.path / ".git" / "objects" / "info" / "alternates"
+        listed = alternates.read_text().split() if alternates.exists() else []
+        objects = str(_objects_dir(self.origin))
+        kept = [a for a in listed if Path(a).is_dir()]  # a source that is gone
+        if objects not in kept:
+            kept.append(objects)
+        if kept != listed:
+            alternates.write_text("".join(f"{a}\n" for a in kept))
 
     def switch(self, sha: str) -> None:
         """Check out sha, dropping any patch applied before. Files that do not

@@ -26,8 +26,7 @@ class Session:
 
     def builder(self) -> Builder:
         repo = source_repo(self.ops, self.lab)
-        checkout = Checkout(self.lab.workdir / "checkouts" / self.lab.source.name, repo,
-                            self.ops)
+        checkout = Checkout(self.lab.workdir / "checkouts" / "linux", repo, self.ops)
         return Builder(self.lab, self.ops, checkout)
 
 

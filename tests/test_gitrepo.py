@@ -64,15 +64,22 @@ def test_the_lab_checkout_leaves_the_users_working_copy_alone(fake_tree: Path,
     assert (fake_tree / "map_in_map.c").read_text() == "user's uncommitted edit\n"
 
 
-def test_a_checkout_of_another_repository_under_the_same_name_is_cloned_again(
+def test_one_checkout_serves_every_source_and_borrows_each_ones_objects(
         fake_tree: Path, tmp_path: Path) -> None:
-    """A lab whose git tree moved: the old clone lacks the new tree's commits."""
+    """Another lab's tree (a followed branch, a stable tree): same working tree, so a
+    series' build directory sees the same source paths and stays incremental."""
     other = tmp_path / "other"
     shutil.copytree(fake_tree, other)
-    git(other, "commit", "-q", "--allow-empty", "-m", "only in the moved tree")
+    git(other, "commit", "-q", "--allow-empty", "-m", "only in the other tree")
     new_head = git(other, "rev-parse", "HEAD")
     Checkout(tmp_path / "co", fake_tree, OPS).switch(git(fake_tree, "rev-parse", "v1"))
     moved = Checkout(tmp_path / "co", other, OPS)
     moved.switch(new_head)
     assert git(moved.path, "rev-parse", "HEAD") == new_head
-    assert git(moved.path, "config", "--get", "remote.origin.url") == str(other)
+    alternates = (moved.path / ".git/objects/info/alternates").read_text().split()
+    assert alternates == [str(fake_tree / ".git/objects"), str(other / ".git/objects")]
+    # a source that is gone is dropped from the list, the others stay readable
+    shutil.rmtree(other)
+    Checkout(tmp_path / "co", fake_tree, OPS).switch(git(fake_tree, "rev-parse", "v3"))
+    assert (moved.path / ".git/objects/info/alternates").read_text().split() == \
+        [str(fake_tree / ".git/objects")]
