@@ -202,12 +202,16 @@ def nightly(session: Session, run_dir: Path | None = None, force: bool = False,
                 store.root / "kcidb.json")
     write_atomic(store.root / "nights.html", nights_page(engine, name))
     result = NightResult(verdict, night, plan, changes, sigs, bisections, ran=run.ran)
-    result.summary = summarize(result, previous)
+    flipped = {c.key: history.flips(engine, name, c.key) for c in changes
+               if c.change is Change.UNSTABLE}
+    result.summary = summarize(result, previous, flipped)
     write_json(store.root / "night.json", to_json(result))
+    write_atomic(store.root / "night.txt", result.summary + "\n")  # for a CI job to mail
     return result
 
 
-def summarize(r: NightResult, previous: history.Night | None) -> str:
+def summarize(r: NightResult, previous: history.Night | None,
+              flipped: dict[history.Key, int] | None = None) -> str:
     p = r.plan
     lines = [f"night {r.night.id if r.night else '?'}: {p.head[:12]} "
              f"({len(p.commits)} commit(s) tested"
@@ -222,8 +226,11 @@ def summarize(r: NightResult, previous: history.Night | None) -> str:
         found = [c for c in r.changes if c.change is kind]
         for c in found:
             test, arch, variant = c.key
+            flips = (flipped or {}).get(c.key)
             lines.append(f"  {kind.value:<14} {test} ({arch}/{variant}): "
-                         f"{c.before or '-'} -> {c.now or '-'}")
+                         f"{c.before or '-'} -> {c.now or '-'}"
+                         + (f", passed on a fresh boot ({flips} flips so far)"
+                            if flips is not None else ""))
     for sig, change in r.signatures:
         lines.append(f"  report {change.value:<10} {sig}")
     for b in r.bisections:

@@ -108,7 +108,9 @@ def test_a_failure_that_passes_on_a_fresh_boot_is_unstable_and_counted(
     flaky, _ = night(lab, tmp_path, Script(junit=junit_xml({PY[0]: FAIL, PY[1]: "",
                                                             PY[2]: ""})), Script())
     assert [(c.key[0], c.change) for c in flaky.changes] == [(PY[0], Change.UNSTABLE)]
-    assert flaky.verdict is Verdict.OK  # not declared, not to be bisected
+    assert flaky.verdict is Verdict.OK and flaky.bisections == []  # not declared
+    assert "passed on a fresh boot (2 flips so far)" in flaky.summary
+    assert (tmp_path / "run" / "night.txt").read_text() == flaky.summary + "\n"
     engine = history.open_db(history.default_url(lab.lab.workdir))
     assert history.flips(engine, "next", (PY[0], "x86_64", "base")) == 2
 
