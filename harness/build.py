@@ -243,7 +243,9 @@ class Builder:
         checkout = self.checkout.path
         with exclusive(self.build_lock(bdir), str(bdir)), \
                 exclusive(checkout.parent / f".{checkout.name}.lock", str(checkout)):
-            # Another lab may have built it while this one waited.
+            # Another lab may have built it while this one waited; and a fragment or
+            # patch may have changed meanwhile: the key is what is configured now.
+            key = self.key(target)
             hit = None if force else self._hit(target, key, locked=True)
             return hit or self._build_locked(target, key, bdir)
 

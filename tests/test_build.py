@@ -339,3 +339,22 @@ def test_a_series_patch_is_the_one_for_the_kernels_series_and_a_missing_one_is_n
         builder.build(new)
     assert err.value.key == "variants[inject].patches[0]"
     assert "series 7.3" in err.value.expected and "7.3/inject.patch" in err.value.expected
+
+
+def test_a_fragment_changed_while_waiting_for_the_build_directory_is_in_the_key(
+        session: Session, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The entry is stored under the key of what was configured, not of what the
+    fragments said when the build started waiting."""
+    target = session.targets(Selection(arch="x86_64", variant="base"))[0]
+    builder = session.builder()
+    before = builder.key(target)
+    lock = builder.build_lock(builder.build_dir(target.arch, builder.series(target)))
+    results: list[BuildResult] = []
+    with _held_by_another_lab(lock):
+        waiter = threading.Thread(target=lambda: results.append(builder.build(target)))
+        waiter.start()
+        _wait_until_said(capsys, "waiting for")
+        _append(tmp_path / "bpf.config", "CONFIG_BPF_JIT=y\n")
+    waiter.join(timeout=30)
+    [result] = results
+    assert result.key == builder.key(target) != before
