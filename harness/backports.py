@@ -181,7 +181,7 @@ def _revert_patch(session: Session, repo: Path, fix: commits.Upstream, release: 
     """The fix taken out of this kernel: the commit that brought it, reverted (a git
     tree), else the project's revert patch for the kernel's series."""
     if found is not None and found.sha:
-        diff = git(session.ops, repo, "diff", "--no-color", "--no-ext-diff", found.sha,
+        diff = git(session.ops, repo, "diff", "--no-color", "--no-ext-diff", "--no-renames", found.sha,
                    f"{found.sha}^", check=False)
         if not diff:
             return None, f"{found.sha[:12]} has no diff to revert"

@@ -169,8 +169,8 @@ def bisect(session: Session, good: str, bad: str, test: str, arch: str,
     found = FIRST_BAD.search(out)
     if found:
         result.culprit = found.group(1)
-        result.subject = git(ops, repo, "show", "-s", "--format=%s", result.culprit)
-        result.author = git(ops, repo, "show", "-s", "--format=%an <%ae>", result.culprit)
+        result.subject = git(ops, repo, "log", "-1", "--format=%s", result.culprit)
+        result.author = git(ops, repo, "log", "-1", "--format=%an <%ae>", result.culprit)
         result.verification = _verify(session, repo, result, one, root, seams)
     result.seconds = round(time.monotonic() - started, 1)
     return result
@@ -182,7 +182,7 @@ def _verify(session: Session, repo: Path, b: Bisection, variant: Variant, root: 
     ops = session.ops
     patch = root / f"revert-{b.culprit[:12]}.patch"
     patch.parent.mkdir(parents=True, exist_ok=True)
-    diff = ops.run(["git", "-C", str(repo), "diff", "--binary", b.culprit, f"{b.culprit}^"],
+    diff = ops.run(["git", "-C", str(repo), "diff", "--binary", "--no-renames", b.culprit, f"{b.culprit}^"],
                    check=False, quiet=True)
     if diff.returncode != 0:
         return "unverified: the culprit has no parent to revert to"

@@ -34,7 +34,7 @@ def _range_ends(spec: str) -> list[str]:
 
 def describe(ops: Ops, repo: Path, sha: str) -> Commit:
     """The commit at sha, named by a tag pointing at it, else its short sha."""
-    fields = git(ops, repo, "show", "-s", "--format=%T%x00%s", sha).split("\0", 1)
+    fields = git(ops, repo, "log", "-1", "--format=%T%x00%s", sha).split("\0", 1)
     tags = git(ops, repo, "tag", "--points-at", sha).split()
     name = sorted(tags)[0] if tags else sha[:12]
     return Commit(sha, fields[0], name, fields[1] if len(fields) > 1 else "",

@@ -83,3 +83,24 @@ def test_one_checkout_serves_every_source_and_borrows_each_ones_objects(
     Checkout(tmp_path / "co", fake_tree, OPS).switch(git(fake_tree, "rev-parse", "v3"))
     assert (moved.path / ".git/objects/info/alternates").read_text().split() == \
         [str(fake_tree / ".git/objects")]
+
+
+def test_a_commit_too_big_for_rename_detection_is_described_without_git_warnings(
+        tmp_path: Path) -> None:
+    """git warns on stderr about its rename limit for a commit like a new release's
+    import; the lab folds stderr into what it reads, and must not read a warning as
+    the subject (seen: 7.3-rc7's subject followed by two warning lines)."""
+    repo = tmp_path / "big"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    for i in range(1100):
+        (repo / f"a{i}").write_text(f"a{i} x\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "one")
+    for i in range(1100):
+        (repo / f"a{i}").unlink()
+        (repo / f"b{i}").write_text(f"b{i} y\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "Linux 7.3-rc7")
+    from harness.gitrepo import describe
+    assert describe(OPS, repo, git(repo, "rev-parse", "HEAD")).subject == "Linux 7.3-rc7"
