@@ -157,7 +157,8 @@ def bisect(session: Session, good: str, bad: str, test: str, arch: str,
             break
         target = Target(describe(ops, repo, sha), lab.arch(arch), one)
         t0 = time.monotonic()
-        verdicts = [_judge(session, Store(root / f"step-{n}"), target, test, n > 0, seams)
+        # each repeat in a store of its own: a fresh boot of the cached kernel
+        verdicts = [_judge(session, Store(root / f"step-{n}"), target, test, False, seams)
                     for n in range(repeat)]
         kinds = {v for v, _ in verdicts}
         verdict, why = verdicts[0] if len(kinds) == 1 else \
@@ -189,7 +190,7 @@ def _verify(session: Session, repo: Path, b: Bisection, variant: Variant, root: 
     patch.write_text(diff.stdout)
     reverted = replace(variant, name=f"revert-{b.culprit[:12]}", patches=(patch,))
     target = Target(describe(ops, repo, b.bad), session.lab.arch(b.arch), reverted)
-    verdict, why = _judge(session, Store(root / "verify"), target, b.test, True, seams)
+    verdict, why = _judge(session, Store(root / "verify"), target, b.test, False, seams)
     if verdict == "good":
         return "verified"
     if verdict == "skip" and "does not apply" in why:

@@ -135,8 +135,9 @@ def _retry(session: Session, run_dir: Path, head: list[Target],
             targets.append(replace(t, variant=replace(t.variant, tests=share)))
     if not targets:
         return {}
+    # a store of its own: a fresh boot of the same (cached) kernel, no rebuild
     store = Store(run_dir / "retries" / head[0].commit.sha[:12])
-    run_targets(session, store, True, targets, seams)
+    run_targets(session, store, False, targets, seams)
     results, _ = _results(store, targets)
     return {(r.test, r.arch, r.variant): r.status for r in results}
 
