@@ -23,7 +23,7 @@ from harness.history import Change, Classified, Result, Seen, SigChange
 from harness.junit import JUnitError, stored_cases
 from harness.main import Session
 from harness.matrix import Seams, run_targets
-from harness.model import Selection, Target, Verdict
+from harness.model import Selection, Stage, Status, Target, Verdict
 from harness.ops import TIMED_OUT
 from harness.results import write_atomic, write_json
 from harness.store import Store, load_outcome
@@ -92,26 +92,51 @@ def choose(session: Session, head: str, last: str | None) -> NightPlan:
     return NightPlan(head, since, tuple(keep), tuple(shas[:-src.max_commits]))
 
 
+BUILD, BOOT = "lab.build", "lab.boot"  # a target's stage as one result of its own
+
+
 def _results(store: Store, targets: Sequence[Target]) -> tuple[list[Result], list[Seen]]:
+    """Each target's test results; a target that did not build or boot is one result
+    (lab.build, lab.boot), not every test it could not run: one regression, not 32."""
     results, seen = [], []
     for target in targets:
         where = store.target_dir(target)
+        key = (target.commit.sha, target.arch.name, target.variant.name)
         try:
-            cases = stored_cases(where / "junit.xml")
-        except (OSError, JUnitError):
-            cases = []
-        for case in cases:
-            results.append(Result(target.commit.sha, target.arch.name, target.variant.name,
-                                  case.test_id, case.status.value, case.duration,
-                                  case.message[:2000]))
-        try:
-            refs = load_outcome(where / "metadata.json").reports
+            outcome = load_outcome(where / "metadata.json")
         except ValueError:
-            refs = ()
-        for ref in refs:
-            seen.append(Seen(target.commit.sha, target.arch.name, target.variant.name,
-                             ref.signature, ref.test, ref.expected))
+            continue  # no result: the run's verdict says the lab failed
+        stage = next((name for name, s in ((BUILD, outcome.stages.get(Stage.BUILD)),
+                                           (BOOT, outcome.stages.get(Stage.BOOT)))
+                      if s is not Status.PASS), None)
+        if stage == BUILD:
+            results.append(Result(*key, BUILD, Status.FAIL.value, 0.0, outcome.reason[:2000]))
+        elif stage == BOOT:
+            results += [Result(*key, BUILD, Status.PASS.value),
+                        Result(*key, BOOT, Status.FAIL.value, 0.0, outcome.reason[:2000])]
+        else:
+            results += [Result(*key, BUILD, Status.PASS.value), Result(*key, BOOT, Status.PASS.value)]
+            try:
+                cases = stored_cases(where / "junit.xml")
+            except (OSError, JUnitError):
+                cases = []
+            results += [Result(*key, c.test_id, c.status.value, c.duration, c.message[:2000])
+                        for c in cases]
+        seen += [Seen(*key, ref.signature, ref.test, ref.expected) for ref in outcome.reports]
     return results, seen
+
+
+def classify(before: list[Result], now: list[Result]) -> list[Classified]:
+    """history.classify, less the noise of a stage that failed: when a target did not
+    build or boot, its tests are not missing (tonight) nor new (after such a night);
+    the stage is the one change."""
+    def down(results: list[Result]) -> set[tuple[str, str]]:
+        return {(r.arch, r.variant) for r in results
+                if r.test in (BUILD, BOOT) and r.status in history.BAD}
+    was, now_down = down(before), down(now)
+    return [c for c in history.classify(before, now)
+            if not (c.change is Change.MISSING and c.key[1:] in now_down)
+            and not (c.change is Change.NEW and c.key[1:] in was)]
 
 
 def lab_case(test: str) -> bool:
@@ -168,11 +193,12 @@ def nightly(session: Session, run_dir: Path | None = None, force: bool = False,
     now = [r for r in results if r.sha == head]
     before = history.results_of(engine, previous.id) if previous else []
     before = [r for r in before if previous and r.sha == previous.head]
-    changes = history.classify(before, now)
-    regressed = [c for c in changes if c.change is Change.REGRESSION]
+    changes = classify(before, now)
+    # a build failure is not retried: the same tree fails the same way
+    regressed = [c for c in changes if c.change is Change.REGRESSION and c.key[0] != BUILD]
     retried = _retry(tonight, store.root, head_targets, regressed, seams) if regressed else {}
     now = [replace(r, retry=retried.get((r.test, r.arch, r.variant))) for r in now]
-    changes = history.classify(before, now)
+    changes = classify(before, now)
     old_seen = history.seen_of(engine, previous.id) if previous else []
     sigs = history.classify_signatures([s for s in old_seen if previous and
                                         s.sha == previous.head],
@@ -188,7 +214,9 @@ def nightly(session: Session, run_dir: Path | None = None, force: bool = False,
     bisections = []
     if previous:  # between last night's head (good) and tonight's, over every commit
         for c in changes:
-            if c.change is Change.REGRESSION:
+            # a kernel that stopped building is not bisected here: a step judges a
+            # test on a built kernel (a commit that does not build is skipped)
+            if c.change is Change.REGRESSION and c.key[0] != BUILD:
                 test, arch, variant = c.key
                 repeat = 2 if history.ever_unstable(engine, name, c.key) else 1
                 found = bisect(session, previous.head, head, test, arch, variant, repeat,

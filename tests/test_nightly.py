@@ -129,3 +129,21 @@ def test_a_lab_without_a_branch_to_follow_is_refused(fake_tree: Path, tmp_path: 
     path.write_text(f"workdir: {tmp_path / 'w'}\nsource: {{git: {fake_tree}, commits: [v1]}}\n")
     with pytest.raises(UserError, match="source.remote and source.branch"):
         nightly(Session(load_lab(path), Ops(verbose=False)))
+
+
+def test_a_head_that_stops_building_is_one_regression_not_bisected_here(
+        lab: Session, fake_tree: Path, tmp_path: Path) -> None:
+    night(lab, tmp_path)
+    (fake_tree / "BREAK").write_text("x\n")
+    git(fake_tree, "add", "BREAK")
+    git(fake_tree, "commit", "-q", "-m", "bpf: does not build")
+    push(fake_tree, "map_in_map.c", "bpf: touch")
+    broken, guests = night(lab, tmp_path)
+    assert [(c.key[0], c.change) for c in broken.changes] == [("lab.build", Change.REGRESSION)]
+    assert broken.verdict is Verdict.FAILED and broken.bisections == [] and guests.boots == []
+    assert "regression     lab.build (x86_64/base): pass -> fail" in broken.summary
+    # building again: the build is fixed, and its tests are not new
+    (fake_tree / "BREAK").unlink()
+    git(fake_tree, "commit", "-q", "-am", "bpf: builds again")
+    again, _ = night(lab, tmp_path)
+    assert [(c.key[0], c.change) for c in again.changes] == [("lab.build", Change.FIXED)]
