@@ -104,7 +104,7 @@ def transitions(cells: list[Cell]) -> list[dict[str, str | None]]:
     series: dict[tuple[str, str], list[tuple[str, Status]]] = {}
     for cell in cells:  # cells come in history order
         for case in cell.cases:
-            key = (f"{case.classname}::{case.name}", cell.column)
+            key = (case.test_id, cell.column)
             series.setdefault(key, []).append((cell.outcome.name, case.status))
     rows = []
     for (test, column), seq in sorted(series.items()):
