@@ -83,6 +83,12 @@ class Bisection:
                 "steps": [s.__dict__ for s in self.steps]}
 
 
+def lab_case(test: str) -> bool:
+    """A case the lab writes itself (kernel-health, lab.build, lab.boot), not a test of
+    the suites: only the whole suites on a fresh boot judge it again."""
+    return test.startswith("lab.")
+
+
 def _scratch(session: Session, repo: Path) -> Path:
     """A bare clone sharing the source's objects, for git bisect's state."""
     where = session.lab.workdir / "bisect" / "repo.git"
@@ -135,7 +141,7 @@ def bisect(session: Session, good: str, bad: str, test: str, arch: str,
         raise UserError(f"--variant {variant}: not a variant of {lab.path.name} (choices: "
                         f"{', '.join(v.name for v in lab.variants)})")
     # the test alone; kernel-health (the lab's own case) needs the whole suites
-    one = base if test.startswith("lab.") else replace(base, tests=(test,))
+    one = base if lab_case(test) else replace(base, tests=(test,))
     result = Bisection(test, lab.arch(arch).name, variant, shas["good"], shas["bad"])
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{test}__{arch}__{variant}")[:150]
     root = run_dir or lab.workdir / "runs" / f"{lab.path.stem}-bisect" / slug

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -31,12 +32,19 @@ nights = sa.Table(
     sa.Column("head_name", sa.String(200), nullable=False),
     sa.Column("started", sa.String(32), nullable=False),
     sa.Column("verdict", sa.String(16), nullable=False))
+
+
+def _of_a_target() -> list[sa.Column[Any]]:
+    """The columns that place a row: its night, and the target (commit, arch, variant)."""
+    return [sa.Column("night", sa.Integer, sa.ForeignKey("nights.id"), nullable=False,
+                      index=True),
+            sa.Column("sha", sa.String(64), nullable=False),
+            sa.Column("arch", sa.String(32), nullable=False),
+            sa.Column("variant", sa.String(64), nullable=False)]
+
+
 outcomes = sa.Table(
-    "outcomes", meta,
-    sa.Column("night", sa.Integer, sa.ForeignKey("nights.id"), nullable=False, index=True),
-    sa.Column("sha", sa.String(64), nullable=False),
-    sa.Column("arch", sa.String(32), nullable=False),
-    sa.Column("variant", sa.String(64), nullable=False),
+    "outcomes", meta, *_of_a_target(),
     sa.Column("test", sa.String(400), nullable=False),
     sa.Column("status", sa.String(8), nullable=False),
     sa.Column("duration", sa.Float, nullable=False, default=0.0),
@@ -44,11 +52,7 @@ outcomes = sa.Table(
     # the retry on a fresh boot of a test that regressed: pass means unstable
     sa.Column("retry", sa.String(8), nullable=True))
 signatures = sa.Table(
-    "signatures", meta,
-    sa.Column("night", sa.Integer, sa.ForeignKey("nights.id"), nullable=False, index=True),
-    sa.Column("sha", sa.String(64), nullable=False),
-    sa.Column("arch", sa.String(32), nullable=False),
-    sa.Column("variant", sa.String(64), nullable=False),
+    "signatures", meta, *_of_a_target(),
     sa.Column("signature", sa.String(400), nullable=False),
     sa.Column("test", sa.String(400), nullable=True),
     sa.Column("expected", sa.Boolean, nullable=False))
@@ -179,18 +183,19 @@ def nights_of(engine: Engine, lab: str, branch: str | None = None) -> list[Night
         return [Night(**row._asdict()) for row in conn.execute(q)]
 
 
-def results_of(engine: Engine, night: int) -> list[Result]:
-    q = sa.select(outcomes).where(outcomes.c.night == night)
+def _of_night(engine: Engine, table: sa.Table, night: int) -> list[dict[str, Any]]:
+    """The table's rows of one night, without the night column."""
     with engine.connect() as conn:
-        return [Result(**{k: v for k, v in row._asdict().items() if k != "night"})
-                for row in conn.execute(q)]
+        return [{k: v for k, v in row._asdict().items() if k != "night"}
+                for row in conn.execute(sa.select(table).where(table.c.night == night))]
+
+
+def results_of(engine: Engine, night: int) -> list[Result]:
+    return [Result(**row) for row in _of_night(engine, outcomes, night)]
 
 
 def seen_of(engine: Engine, night: int) -> list[Seen]:
-    q = sa.select(signatures).where(signatures.c.night == night)
-    with engine.connect() as conn:
-        return [Seen(**{k: v for k, v in row._asdict().items() if k != "night"})
-                for row in conn.execute(q)]
+    return [Seen(**row) for row in _of_night(engine, signatures, night)]
 
 
 class Change(Enum):
@@ -303,7 +308,4 @@ def record_culprits(engine: Engine, night: int, found: Iterable[Culprit]) -> Non
 
 
 def culprits_of(engine: Engine, night: int) -> list[Culprit]:
-    q = sa.select(culprits).where(culprits.c.night == night)
-    with engine.connect() as conn:
-        return [Culprit(**{k: v for k, v in row._asdict().items() if k != "night"})
-                for row in conn.execute(q)]
+    return [Culprit(**row) for row in _of_night(engine, culprits, night)]

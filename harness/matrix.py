@@ -16,8 +16,8 @@ from pathlib import Path
 
 from harness import catalog, commits, junit, report
 from harness.boot import BootFn, boot, prepare_kit
-from harness.build import Builder, BuildResult
-from harness.config import PROJECT
+from harness.build import Builder, BuildResult, compiler_version
+from harness.config import PROJECT, Arch
 from harness.csuite import build_c_suite
 from harness.errors import LabError
 from harness.main import Session
@@ -115,10 +115,10 @@ def run_facts(session: Session, targets: list[Target]) -> dict[str, object]:
     and the tools' versions (the accelerator is per target, in its metadata)."""
     arches = sorted({t.arch.name: t.arch for t in targets}.items())
 
-    def first_line(argv: list[str]) -> str:
+    def qemu(arch: Arch) -> str:
         try:
-            done = session.ops.run(argv, check=False, quiet=True)
-        except OSError:
+            done = session.ops.run([arch.qemu_binary, "--version"], check=False, quiet=True)
+        except LabError:  # not installed
             return "not found"
         lines = done.stdout.splitlines()
         return lines[0].strip() if done.returncode == 0 and lines else "not found"
@@ -128,9 +128,8 @@ def run_facts(session: Session, targets: list[Target]) -> dict[str, object]:
                                                                    time.gmtime()),
             "host": f"{uname.nodename}, Linux {uname.release} {uname.machine}, "
                     f"{os.cpu_count()} CPUs",
-            "qemu": {name: first_line([a.qemu_binary, "--version"]) for name, a in arches},
-            "compiler": {name: first_line([f"{a.cross_prefix}gcc", "--version"])
-                         for name, a in arches},
+            "qemu": {name: qemu(a) for name, a in arches},
+            "compiler": {name: compiler_version(session.ops, a) for name, a in arches},
             "targets": len(targets)}
 
 

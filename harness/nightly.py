@@ -16,7 +16,8 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from harness import history, kcidb
-from harness.bisect import Bisection, bisect
+from harness.bisect import Bisection, bisect, lab_case
+from harness.config import Lab
 from harness.errors import LabError, UserError
 from harness.gitrepo import describe, git
 from harness.history import Change, Classified, Result, Seen, SigChange
@@ -139,9 +140,8 @@ def classify(before: list[Result], now: list[Result]) -> list[Classified]:
             and not (c.change is Change.NEW and c.key[1:] in was)]
 
 
-def lab_case(test: str) -> bool:
-    """A case the lab writes itself (kernel-health), not a test of the suites."""
-    return test.startswith("lab.")
+def _database(lab: Lab) -> Engine:
+    return history.open_db(lab.history or history.default_url(lab.workdir))
 
 
 def _retry(session: Session, run_dir: Path, head: list[Target],
@@ -174,7 +174,7 @@ def nightly(session: Session, run_dir: Path | None = None, force: bool = False,
     if not (src.remote and src.branch):
         raise UserError(f"{lab.path}: source.remote and source.branch: ./lab nightly follows "
                         "a branch; name it and where to fetch it from")
-    engine = history.open_db(lab.history or history.default_url(lab.workdir))
+    engine = _database(lab)
     name = lab.path.stem
     nights = history.nights_of(engine, name, src.branch)
     previous = nights[-1] if nights else None
@@ -197,7 +197,9 @@ def nightly(session: Session, run_dir: Path | None = None, force: bool = False,
     # a build failure is not retried: the same tree fails the same way
     regressed = [c for c in changes if c.change is Change.REGRESSION and c.key[0] != BUILD]
     retried = _retry(tonight, store.root, head_targets, regressed, seams) if regressed else {}
-    now = [replace(r, retry=retried.get((r.test, r.arch, r.variant))) for r in now]
+    results = [replace(r, retry=retried.get((r.test, r.arch, r.variant)))
+               if r.sha == head else r for r in results]
+    now = [r for r in results if r.sha == head]
     changes = classify(before, now)
     old_seen = history.seen_of(engine, previous.id) if previous else []
     sigs = history.classify_signatures([s for s in old_seen if previous and
@@ -206,10 +208,8 @@ def nightly(session: Session, run_dir: Path | None = None, force: bool = False,
     confirmed = any(c.change is Change.REGRESSION for c in changes)
     verdict = Verdict.LAB if run.verdict is Verdict.LAB else \
         Verdict.FAILED if confirmed else Verdict.OK
-    everything = [replace(r, retry=retried.get((r.test, r.arch, r.variant)))
-                  if r.sha == head else r for r in results]
     night = history.record(engine, name, src.branch, head, describe(
-        session.ops, src.git, head).name if src.git else head[:12], everything, seen,
+        session.ops, src.git, head).name if src.git else head[:12], results, seen,
         verdict.value)
     bisections = []
     if previous:  # between last night's head (good) and tonight's, over every commit
@@ -288,7 +288,7 @@ def to_json(r: NightResult) -> dict[str, object]:
 def nights_text(session: Session) -> str:
     """./lab history: the lab's nights, oldest first."""
     lab = session.lab
-    engine = history.open_db(lab.history or history.default_url(lab.workdir))
+    engine = _database(lab)
     found = history.nights_of(engine, lab.path.stem)
     if not found:
         return f"no night recorded for {lab.path.stem} yet (./lab nightly records them)"
