@@ -78,8 +78,10 @@ def _git(ops: Ops, repo: Path, *args: str) -> str:
 def in_git(ops: Ops, repo: Path, sha: str,
            commits: Sequence[Named]) -> tuple[Evidence, ...] | None:
     """Per commit, in order: is it in the history of sha, and on what evidence. None
-    when the tree knows none of them and holds no backport either (a tree without
-    history): then release numbers decide."""
+    when the tree knows none of them and records no backport of them on any branch or
+    tag either (a tree without such history, like the lab's imported releases): then
+    release numbers decide. A tree that records backports is judged by its history,
+    whatever a release's number says."""
     head = _git(ops, repo, "rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}")
     if not head:
         raise UserError(f"{repo}: {sha!r} is not a commit of this tree")
@@ -96,7 +98,7 @@ def in_git(ops: Ops, repo: Path, sha: str,
              for c in rest]
     bases = bases if all(bases) else []
     found = _by_subject(ops, repo, sha, [c.subject for c in rest], bases) if rest else ()
-    if not any(known.values()) and not found:
+    if not any(known.values()) and not found and not _records_backports(ops, repo, commits):
         return None
     walked = _walked(sha, bases)
     shallow = _git(ops, repo, "rev-parse", "--is-shallow-repository") == "true"
@@ -105,6 +107,13 @@ def in_git(ops: Ops, repo: Path, sha: str,
                  known[c.id])
         if c.id in ancestor else _backport(ops, repo, c, known[c.id], found, walked, shallow)
         for c in commits)
+
+
+def _records_backports(ops: Ops, repo: Path, commits: Sequence[Named]) -> bool:
+    """Whether a commit on any ref of the tree is a stable backport of one of commits
+    (its trailer names it)."""
+    found = _by_subject(ops, repo, "--all", [c.subject for c in commits], [])
+    return any(trailer(f.message, c.id) for f in found for c in commits)
 
 
 def _walked(sha: str, bases: Sequence[str]) -> str:

@@ -178,6 +178,24 @@ def test_a_tree_that_knows_none_of_the_commits_has_no_answer(fake_tree: Path) ->
     assert presence.in_git(Ops(verbose=False), fake_tree, "HEAD", wanted) is None
 
 
+def test_a_release_before_a_backport_the_tree_records_is_judged_by_its_history(
+        tmp_path: Path) -> None:
+    """linux-stable without mainline's objects: a release, then the fix's backport with
+    its stable trailer. The release's number says nothing: its history lacks the fix."""
+    repo = tmp_path / "stable"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "linux-6.1.y")
+    release = commit(repo, "map_in_map.c", "int inner;", "Linux 6.1.190")
+    full = "876673364161da50eed6b472d746ef88242b2368"
+    backport = commit(repo, "map_in_map.c", "int deferred_free;",
+                      f"{SUBJECT}\n\ncommit {full} upstream.\n")
+    wanted = [Upstream("8766733641", SUBJECT, "6.8")]
+    before = presence.in_git(Ops(verbose=False), repo, release, wanted)
+    assert before is not None and before[0].present is False and before[0].kind == "absent"
+    after = presence.in_git(Ops(verbose=False), repo, backport, wanted)
+    assert after is not None and after[0].present and after[0].sha == backport
+
+
 class Counting(Ops):
     """The real Ops, listing what it ran."""
 
