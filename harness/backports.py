@@ -181,14 +181,20 @@ def _revert_patch(session: Session, repo: Path, fix: commits.Upstream, release: 
     """The fix taken out of this kernel: the commit that brought it, reverted (a git
     tree), else the project's revert patch for the kernel's series."""
     if found is not None and found.sha:
-        diff = git(session.ops, repo, "diff", "--no-color", "--no-ext-diff", "--no-renames", found.sha,
-                   f"{found.sha}^", check=False)
-        if not diff:
-            return None, f"{found.sha[:12]} has no diff to revert"
         out = session.lab.workdir / "backports" / "reverts" / f"{found.sha[:16]}.patch"
         out.parent.mkdir(parents=True, exist_ok=True)
+        raw = out.with_suffix(".diff")
+        # the diff byte for byte: a hunk may end in a blank context line (" "), and
+        # stripped output or a warning on stderr would make the patch corrupt
+        done = session.ops.run(["git", "-C", str(repo), "diff", "--no-color", "--no-ext-diff",
+                                "--no-renames", f"--output={raw}", found.sha, f"{found.sha}^"],
+                               check=False, quiet=True)
+        diff = raw.read_text() if done.returncode == 0 and raw.exists() else ""
+        raw.unlink(missing_ok=True)
+        if not diff.strip():
+            return None, f"{found.sha[:12]} has no diff to revert"
         # named by the commit, worded without it: the same revert is the same kernel
-        write_atomic(out, f"Revert \"{fix.subject}\" (./lab backports)\n---\n{diff}\n")
+        write_atomic(out, f"Revert \"{fix.subject}\" (./lab backports)\n---\n{diff}")
         return out, ""
     series = ".".join(release.split(".")[:2])
     patch = REVERTS / series / f"{fix.id}.patch"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from harness.errors import UserError
 from harness.main import Session
 from harness.model import Selection, Verdict
 from harness.ops import Ops
+from harness.presence import Evidence
 from tests.conftest import DATA, git
 from tests.test_matrix import CLEAN_BOOT, FakeBooted, Script, fake_c_suite, fake_kit, junit_xml
 
@@ -120,6 +122,27 @@ def run(tmp_path: Path, repo: Path, commits_: str, kernels: Kernels,
 
 def by_kernel(result: bp.BackportsResult) -> dict[str, bp.FixVerdict]:
     return {v.check.commit.name: v for v in result.verdicts}
+
+
+def test_the_revert_of_a_backport_applies_even_when_its_hunk_ends_in_a_blank_line(
+        tmp_path: Path) -> None:
+    """git diff's last context line may be a lone space: the revert keeps it."""
+    repo = tmp_path / "tree"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "map_in_map.c").write_text("{\n\tfree(map);\n}\n\nint next;\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "Linux 6.1.190")
+    (repo / "map_in_map.c").write_text("{\n\tdefer(map);\n\tfree(map);\n}\n\nint next;\n")
+    git(repo, "commit", "-q", "-am", f"{UAF.subject}\n\ncommit {UAF_FULL} upstream.")
+    sha = git(repo, "rev-parse", "HEAD")
+    found = Evidence(UAF.id, True, "backport", "backport", sha)
+    patch, why = bp._revert_patch(session(tmp_path, repo, "HEAD"), repo, UAF, "6.1.190", found)
+    assert patch is not None and not why
+    assert subprocess.run(["git", "-C", str(repo), "apply", "--check", str(patch)],
+                          capture_output=True, text=True).returncode == 0, patch.read_text()
+    git(repo, "apply", str(patch))
+    assert (repo / "map_in_map.c").read_text() == "{\n\tfree(map);\n}\n\nint next;\n"
 
 
 def test_the_fake_kernels_carry_the_fix_only_from_its_backport(stable_tree: Path) -> None:
