@@ -228,3 +228,12 @@ def test_kvm_is_not_offered_where_the_lab_saw_kvm_guests_hang(tmp_path: Path) ->
         f"{socket.gethostname()}|QEMU 7.2|6.1|x86_64": {
             "accel": "tcg", "reason": "KVM guest printed nothing in 12 s (hangs)"}}))
     assert "kvm" not in worker.capabilities(arches, 0, 1, tmp_path, which=lambda n: True)
+
+
+def test_errors_raised_on_a_worker_reach_the_coordinator_whole() -> None:
+    import pickle
+    from harness.errors import ConfigError
+    err = pickle.loads(pickle.dumps(ConfigError("lab.yaml", "variants[0].patches[0]", "a patch")))
+    assert isinstance(err, ConfigError) and err.key == "variants[0].patches[0]"
+    assert str(err) == "lab.yaml: variants[0].patches[0]: a patch"
+    assert str(pickle.loads(pickle.dumps(LabError("QEMU missing")))) == "QEMU missing"
