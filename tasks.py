@@ -26,6 +26,9 @@ from harness.model import Selection, TaskResult, Verdict
 from harness.ops import Ops, terminate_children
 
 LAB_HELP = "lab file (default: the built-in lab.yaml)"
+ENGINE_HELP = {"scheduler": "a Dask scheduler (tls://HOST:8786; README, Across machines); "
+                            "default: a local cluster in this process",
+               "insecure": "allow a plain tcp:// scheduler beyond loopback"}
 EXIT = {Verdict.OK: 0, Verdict.FAILED: 1, Verdict.LAB: 2}
 
 
@@ -45,7 +48,8 @@ def _crash_log(lab: Lab | None) -> Path:
     return path
 
 
-def _run(lab: str, body: Callable[[main.Session], TaskResult | Verdict]) -> None:
+def _run(lab: str, body: Callable[[main.Session], TaskResult | Verdict],
+         scheduler: str = "", insecure: bool = False) -> None:
     """Run a task's body; every way it can end becomes one exit code and one line."""
     signal.signal(signal.SIGTERM, _terminate)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background
@@ -53,7 +57,7 @@ def _run(lab: str, body: Callable[[main.Session], TaskResult | Verdict]) -> None
     loaded: Lab | None = None
     try:
         loaded = load_lab(Path(lab) if lab else DEFAULT_LAB)
-        result = body(main.Session(loaded, Ops()))
+        result = body(main.Session(loaded, Ops(), scheduler, insecure))
     except UserError as exc:
         raise Exit(f"error: {exc}", EXIT[Verdict.LAB]) from None
     except LabError as exc:
@@ -97,35 +101,38 @@ def build(c: Context, lab: str = "", arch: str = "", variant: str = "",
 @task(help={"lab": LAB_HELP, "arch": "only this arch", "variant": "only this variant",
             "commit": "only this commit (tag or sha)",
             "force": "redo finished targets, kernel builds included",
-            "run_dir": "result store (default: work/runs/<lab name>)"})
+            "run_dir": "result store (default: work/runs/<lab name>)", **ENGINE_HELP})
 def matrix(c: Context, lab: str = "", arch: str = "", variant: str = "", commit: str = "",
-           force: bool = False, run_dir: str = "") -> None:
+           force: bool = False, run_dir: str = "", scheduler: str = "",
+           insecure: bool = False) -> None:
     """Build, boot and test every target; JUnit, kernel reports, the matrix report."""
     from harness.matrix import matrix as run_matrix
     selection = Selection(arch or None, variant or None, commit or None)
     _run(lab, lambda s: run_matrix(s, Path(run_dir) if run_dir else None, force,
-                                   selection).verdict)
+                                   selection).verdict, scheduler, insecure)
 
 
 @task(help={"lab": LAB_HELP, "fix": "only this fix (an id of bpf_tests/commits.yaml)",
             "commit": "only this commit (tag or sha)", "arch": "only this arch",
             "force": "redo finished targets, kernel builds included",
-            "run_dir": "result store (default: work/runs/<lab name>-backports)"})
+            "run_dir": "result store (default: work/runs/<lab name>-backports)", **ENGINE_HELP})
 def backports(c: Context, lab: str = "", fix: str = "", commit: str = "", arch: str = "",
-              force: bool = False, run_dir: str = "") -> None:
+              force: bool = False, run_dir: str = "", scheduler: str = "",
+              insecure: bool = False) -> None:
     """Per fix of the table, kernel and arch: is it there (with evidence), and does it
     fix the bug (its reproducers as is, and with it taken out)?"""
     from harness.backports import backports as run_backports
     selection = Selection(arch or None, None, commit or None)
     _run(lab, lambda s: run_backports(s, Path(run_dir) if run_dir else None, force,
-                                      selection, fix).verdict)
+                                      selection, fix).verdict, scheduler, insecure)
 
 
 @task(help={"lab": "a lab whose source names the branch to follow (source.remote, "
                    "source.branch); see README, Nightly",
             "force": "redo finished targets, kernel builds included",
-            "run_dir": "result store (default: work/runs/<lab name>-nightly)"})
-def nightly(c: Context, lab: str = "", force: bool = False, run_dir: str = "") -> None:
+            "run_dir": "result store (default: work/runs/<lab name>-nightly)", **ENGINE_HELP})
+def nightly(c: Context, lab: str = "", force: bool = False, run_dir: str = "",
+            scheduler: str = "", insecure: bool = False) -> None:
     """Fetch the followed branch, test what landed since the last night, classify it
     against that night; exit 1 on a regression confirmed on a fresh boot."""
     from harness.nightly import nightly as run_nightly
@@ -134,7 +141,7 @@ def nightly(c: Context, lab: str = "", force: bool = False, run_dir: str = "") -
         result = run_nightly(s, Path(run_dir) if run_dir else None, force)
         print(result.summary, flush=True)
         return result.verdict
-    _run(lab, body)
+    _run(lab, body, scheduler, insecure)
 
 
 @task(help={"lab": LAB_HELP, "good": "a commit where the test passes",
@@ -142,9 +149,10 @@ def nightly(c: Context, lab: str = "", force: bool = False, run_dir: str = "") -
             "map_in_map::name, lab.lab::kernel-health)", "arch": "x86_64 or arm64",
             "variant": "the variant (default base)",
             "repeat": "runs per step (2 or more for an unstable test)",
-            "run_dir": "result store (default: work/runs/<lab>-bisect/<test>)"})
+            "run_dir": "result store (default: work/runs/<lab>-bisect/<test>)", **ENGINE_HELP})
 def bisect(c: Context, good: str, bad: str, test: str, arch: str, lab: str = "",
-           variant: str = "base", repeat: int = 1, run_dir: str = "") -> None:
+           variant: str = "base", repeat: int = 1, run_dir: str = "", scheduler: str = "",
+           insecure: bool = False) -> None:
     """Bisect a test between a good and a bad commit over every commit; verify the
     culprit by reverting it on the bad one. Exit 0 culprit verified, 1 otherwise."""
     from harness.bisect import bisect as run_bisect
@@ -154,7 +162,7 @@ def bisect(c: Context, good: str, bad: str, test: str, arch: str, lab: str = "",
                            Path(run_dir) if run_dir else None)
         print(found.text(), flush=True)
         return Verdict.OK if found.verification == "verified" else Verdict.FAILED
-    _run(lab, body)
+    _run(lab, body, scheduler, insecure)
 
 
 @task(help={"lab": LAB_HELP})
@@ -237,6 +245,31 @@ def bench_build(c: Context, arch: str = "", cold: bool = False, lab: str = "") -
     c.run(shlex.join(argv), pty=False)
 
 
+@task(help={"scheduler": "the scheduler to serve (tls://HOST:8786, or tcp:// on loopback)",
+            "workdir": "this worker's own workdir (default: work/ of this checkout)",
+            "build_slots": "kernel builds at a time (0: this worker builds nothing)",
+            "guest_slots": "guests at a time (0: this worker boots nothing)",
+            "name": "the worker's name in progress lines (default: host name)",
+            "insecure": ENGINE_HELP["insecure"]})
+def worker(c: Context, scheduler: str, workdir: str = "", build_slots: int = 1,
+           guest_slots: int = 1, name: str = "", insecure: bool = False) -> None:
+    """Serve a scheduler: build kernels and run guests for the lab's runs, declaring
+    which arches this host can build and boot (README, Across machines)."""
+    from harness.cluster import serve_worker
+    _run("", lambda s: serve_worker(scheduler, Path(workdir) if workdir else s.lab.workdir,
+                                    build_slots, guest_slots, name, insecure))
+
+
+@task(help={"host": "the address to listen on (default 127.0.0.1)",
+            "port": "the port (default 8786)", "insecure": ENGINE_HELP["insecure"],
+            "tls": "serve tls:// with the certificates in $BPFLAB_TLS"})
+def scheduler(c: Context, host: str = "127.0.0.1", port: int = 8786, tls: bool = False,
+              insecure: bool = False) -> None:
+    """Run a Dask scheduler for workers and runs on other machines to meet at."""
+    from harness.cluster import serve_scheduler
+    _run("", lambda s: serve_scheduler(host, port, tls, insecure))
+
+
 @task
 def setup(c: Context) -> None:
     """Install what the lab needs on the host (Debian packages, venv); idempotent."""
@@ -245,5 +278,5 @@ def setup(c: Context) -> None:
 
 
 ns = Collection(setup, plan, build, boot, ssh, matrix, backports, nightly, bisect, history,
-                report, test,
+                report, test, worker, scheduler,
                 bench_build)

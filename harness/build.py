@@ -96,6 +96,16 @@ def read_entry(entry: Path) -> tuple[dict[str, object], str]:
     return meta, ""
 
 
+def cached_build(target: Target, key: str) -> BuildResult | None:
+    """The whole cache entry of key, or None (missing or broken: never removed here)."""
+    done = shared_cache() / "kernels" / key
+    meta, why = read_entry(done)
+    if why:
+        return None
+    return BuildResult(target, Status.PASS, key, done / "build.log", done, cached=True,
+                       meta=meta)
+
+
 @contextmanager
 def exclusive(path: Path, what: str, wait: bool = True) -> Iterator[bool]:
     """An flock on path, which then holds our pid for whoever comes next. Yields
@@ -201,7 +211,7 @@ class Builder:
         return found
 
     def cache_dir(self, key: str) -> Path:
-        return shared_cache() / "kernels" / key
+        return shared_cache() / "kernels" / key  # as cached_build reads it
 
     def build_lock(self, bdir: Path) -> Path:
         """Held for configure, make and storing: one make per build directory."""
@@ -216,10 +226,10 @@ class Builder:
         done = self.cache_dir(key)
         if not done.exists():
             return None
-        meta, why = read_entry(done)
-        if not why:
-            return BuildResult(target, Status.PASS, key, done / "build.log", done,
-                               cached=True, meta=meta)
+        found = cached_build(target, key)
+        if found:
+            return found
+        why = read_entry(done)[1]
         print(f"[build {target.label}] cache miss: {done} is broken ({why})", flush=True)
         if locked:
             shutil.rmtree(done, ignore_errors=True)

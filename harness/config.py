@@ -459,8 +459,14 @@ def _variants(top: Table, base: Path, arches: tuple[Arch, ...]) -> tuple[Variant
         if both:
             raise ConfigError(file, t.key("backports"),
                               f"commits not also in reverts, got {both[0]} in both")
+        tests = t.strings("tests")
+        for j, test in enumerate(tests):
+            if "::" not in test:
+                raise ConfigError(file, f"{t.key('tests')}[{j}]", "a test id such as "
+                                  f"test_x.py::test_y or map_in_map::name, got {test!r}")
         t.done()
-        out.append(Variant(name, patches, only, expect, reverts, backports, series=series))
+        out.append(Variant(name, patches, only, expect, reverts, backports, tests=tests,
+                           series=series))
     names = [v.name for v in out]
     if len(set(names)) != len(names):
         raise ConfigError(file, "variants", f"unique names, got {names}")

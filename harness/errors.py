@@ -17,3 +17,7 @@ class ConfigError(UserError):
         self.path = path
         self.key = key
         self.expected = expected
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        # raised on a worker, it reaches the coordinator pickled
+        return ConfigError, (self.path, self.key, self.expected)

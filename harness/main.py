@@ -18,6 +18,8 @@ class Session:
 
     lab: Lab
     ops: Ops
+    scheduler: str = ""  # a Dask scheduler's address; "" runs on a local cluster
+    insecure: bool = False  # allow a plain-TCP scheduler beyond loopback
 
     def targets(self, selection: Selection = Selection()) -> list[Target]:
         repo = source_repo(self.ops, self.lab)

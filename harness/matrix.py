@@ -1,33 +1,32 @@
 """invoke matrix: for every target (commit x arch x variant) build, boot, run the
-suites, collect, shut down (pipeline.run_target); the next build runs while a guest
-tests the previous target. Every finished target is in the store before the next
-one starts, and one run at a time holds the run directory."""
+suites, collect, shut down, on the engine (engine.py: Dask, local or a cluster); builds
+run ahead while guests test the built targets. Every finished target is in the store
+as soon as it is done, and one run at a time holds the run directory."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import queue
-import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness import catalog, commits, junit, report
-from harness.boot import BootFn, boot, prepare_kit
-from harness.build import Builder, BuildResult, compiler_version
+from harness import catalog, engine, junit, report
+from harness.build import Builder, compiler_version
 from harness.config import PROJECT, Arch
-from harness.csuite import build_c_suite
 from harness.errors import LabError
 from harness.main import Session
 from harness.model import Selection, Stage, Status, Target, Verdict
-from harness.pipeline import Context, CSuiteFn, Kits, Prepare, run_target
-from harness.progress import fmt_secs
+from harness.pipeline import Context
 from harness.results import write_json
 from harness.rootfs import RECIPE, recipe_files
 from harness.store import Store
 from harness.suites import suites_fingerprint
+from harness.worker import Job, Seams, code_digest, register_seams
+
+__all__ = ["Seams", "matrix", "run_targets"]  # Seams: the tests' seam, worker.py's
 
 HARNESS = PROJECT / "harness"
 
@@ -67,16 +66,6 @@ def run_dir_for(session: Session) -> Path:
     return session.lab.workdir / "runs" / session.lab.path.stem
 
 
-@dataclass(frozen=True)
-class Seams:
-    """The outside things a matrix run touches, swapped by tests for fakes."""
-
-    boot: BootFn = boot
-    c_suite: CSuiteFn = build_c_suite
-    prepare: Prepare = prepare_kit
-    catalog: dict[str, tuple[str, ...]] | None = None  # None: collect the real suites
-
-
 def matrix(session: Session, run_dir: Path | None, force: bool, selection: Selection,
            seams: Seams = Seams()) -> MatrixResult:
     return run_targets(session, Store(run_dir or run_dir_for(session)), force,
@@ -99,11 +88,13 @@ def run_targets(session: Session, store: Store, force: bool, targets: list[Targe
               f"{store.root}, {len(todo)} to run", flush=True)
         write_json(store.root / "run.json", run_facts(session, targets))
         tests = seams.catalog or {"python": catalog.python_tests(), "c": catalog.c_tests()}
-        ctx = Context(session.lab, session.ops, store, seams.boot, seams.c_suite, tests,
-                      commits.load_table(), Kits(session.lab, session.ops, seams.prepare),
-                      order, prints)
+        ctx = Context(session.lab, store, tests, order, prints)
+        job = Job(session.lab, session.ops.verbose, code_digest(), str(PROJECT), tests,
+                  uuid.uuid4().hex, register_seams(seams))
         try:
-            Runner(ctx, builder, force).run(todo)
+            if todo:
+                engine.run(engine.engine(session.scheduler, session.insecure), ctx, job,
+                           builder, todo, force)
         finally:
             write_report(store)
         return MatrixResult(verdict(store, targets, prints), store.root, len(targets),
@@ -151,45 +142,3 @@ def verdict(store: Store, targets: list[Target], prints: dict[Target, str]) -> V
     if all(o is not None and o.status in (Status.PASS, Status.SKIP) for o in outcomes):
         return Verdict.OK
     return Verdict.FAILED
-
-
-class Runner:
-    """Builds in a background thread, one target ahead; guests in this thread."""
-
-    def __init__(self, ctx: Context, builder: Builder, force: bool) -> None:
-        self.ctx, self.builder, self.force = ctx, builder, force
-        self.started = time.monotonic()
-
-    def run(self, todo: list[Target]) -> None:
-        built: queue.Queue[tuple[Target, BuildResult | Exception]] = queue.Queue(maxsize=1)
-        stop = threading.Event()
-
-        def build_all() -> None:
-            for target in todo:
-                if stop.is_set():
-                    return
-                try:
-                    result: BuildResult | Exception = self.builder.build(target, self.force)
-                except Exception as exc:  # a lab error ends only that target; others, the run
-                    result = exc
-                built.put((target, result))
-                if isinstance(result, Exception) and not isinstance(result, LabError):
-                    return
-
-        thread = threading.Thread(target=build_all, name="builder", daemon=True)
-        thread.start()
-        try:
-            for index in range(len(todo)):
-                target, result = built.get()
-                if isinstance(result, Exception) and not isinstance(result, LabError):
-                    raise result  # unexpected (disk full, a bug): the run stops, told
-                self._progress(index, len(todo), target)
-                run_target(self.ctx, target, result)
-        finally:
-            stop.set()
-
-    def _progress(self, index: int, total: int, target: Target) -> None:
-        elapsed = time.monotonic() - self.started
-        eta = f", about {fmt_secs(elapsed / index * (total - index))} left" if index else ""
-        print(f"\n== [{index + 1}/{total}] {target.label} ({fmt_secs(elapsed)} elapsed{eta})",
-              flush=True)

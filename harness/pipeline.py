@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -31,18 +31,26 @@ CSuiteFn = Callable[[Path, Arch, Path, Ops], Path]
 
 @dataclass(frozen=True)
 class Context:
-    """What every target of one run shares."""
+    """What recording every target of one run shares: the coordinator's side, the one
+    writer of the store."""
+
+    lab: Lab
+    store: Store
+    catalog: dict[str, tuple[str, ...]]  # suite -> test ids every target must report
+    order: dict[str, int]  # commit sha -> position in history
+    fingerprints: dict[Target, str]
+
+
+@dataclass(frozen=True)
+class Guests:
+    """What running a target's guests needs, on whichever worker runs them."""
 
     lab: Lab
     ops: Ops
-    store: Store
     boot: BootFn
     c_suite: CSuiteFn
-    catalog: dict[str, tuple[str, ...]]  # suite -> test ids every target must report
-    table: tuple[commits.Upstream, ...]
+    catalog: dict[str, tuple[str, ...]]
     kits: "Kits"
-    order: dict[str, int]  # commit sha -> position in history
-    fingerprints: dict[Target, str]
 
 
 Prepare = Callable[[Path, Arch, Path, GuestSettings, Ops], GuestKit]
@@ -82,25 +90,30 @@ class GuestRun:
     error: str = ""  # the lab could not boot at all (a LabError), if so
 
 
-def run_target(ctx: Context, target: Target, build: BuildResult | LabError) -> TargetOutcome:
-    """build -> guest -> collect -> outcome -> store."""
+def record(ctx: Context, target: Target, build: BuildResult | LabError, build_log: str,
+           run: GuestRun | None, files: Path | None) -> TargetOutcome:
+    """A target's build and guests, wherever they ran, into its directory of the store:
+    the build log, the guests' files (consoles, suites), the reports tied to tests, the
+    outcome."""
     tdir = ctx.store.target_dir(target)
     shutil.rmtree(tdir, ignore_errors=True)
-    tdir.mkdir(parents=True)
+    if files is not None:
+        shutil.copytree(files, tdir)
+    tdir.mkdir(parents=True, exist_ok=True)
     if isinstance(build, LabError):
         return _save(ctx, target, _outcome(ctx, target, {Stage.BUILD: Status.ERROR},
                                            reason=f"build: lab error: {build}",
                                            errors=(f"lab error: {build}",)))
-    shutil.copy2(build.log, tdir / "build.log")
+    (tdir / "build.log").write_text(build_log)
     durations = {"build": 0.0 if build.cached else _build_seconds(build)}
-    if build.status is not Status.PASS or build.image is None:
+    if run is None or build.status is not Status.PASS:
         print(f"   build failed: {'; '.join(build.errors[:3])}", flush=True)
         stages = {Stage.BUILD: Status.FAIL, Stage.BOOT: Status.SKIP, Stage.TESTS: Status.SKIP}
         return _save(ctx, target, _outcome(ctx, target, stages, errors=build.errors,
                                            durations=durations,
                                            reason=f"build: {(build.errors or ('failed',))[0]}"))
-    run = run_guest(ctx, target, build, tdir)
-    return _save(ctx, target, collect(ctx, target, build, run, tdir, durations))
+    moved = replace(run, boots=tuple(replace(b, console=tdir / b.console) for b in run.boots))
+    return _save(ctx, target, collect(ctx, target, build, moved, tdir, durations))
 
 
 def _build_seconds(build: BuildResult) -> float:
@@ -109,8 +122,10 @@ def _build_seconds(build: BuildResult) -> float:
     return float(total) if isinstance(total, (int, float)) else 0.0
 
 
-def run_guest(ctx: Context, target: Target, build: BuildResult, tdir: Path) -> GuestRun:
-    """The suites over as many boots as they need, within guest.max_boots."""
+def run_guest(ctx: Guests, target: Target, build: BuildResult, tdir: Path,
+              commits_file: Path) -> GuestRun:
+    """The suites over as many boots as they need, within guest.max_boots, into tdir;
+    consoles named relative to it."""
     started = time.monotonic()
     assert build.image is not None and build.artifacts is not None
     try:
@@ -118,11 +133,12 @@ def run_guest(ctx: Context, target: Target, build: BuildResult, tdir: Path) -> G
     except LabError as exc:
         return GuestRun((), (), "", 0.0, 0.0, f"guest preparation: {exc}")
     c_binary, c_cases = _c_suite(ctx, target, build)
-    catalog = {s: ids for s, ids in tests_of(ctx, target).items() if s == "python" or c_binary}
+    catalog = {s: ids for s, ids in tests_of(ctx.catalog, target).items()
+               if s == "python" or c_binary}
     # a variant running some tests only names them; the whole catalogue runs each suite
     rounds = Rounds(catalog, [Pending(s, ids) for s, ids in catalog.items()]) \
         if target.variant.tests else Rounds(catalog)
-    setup = Install(_env(target), c_binary, _commits_file(ctx, target, build, tdir))
+    setup = Install(_env(target), c_binary, commits_file)
     boots: list[BootRecord] = []
     why, tests_s, lab_error = "", 0.0, ""
     while not rounds.done():
@@ -144,6 +160,7 @@ def run_guest(ctx: Context, target: Target, build: BuildResult, tdir: Path) -> G
         if why:
             break
     suites = rounds.result(why)
+    boots = [replace(b, console=b.console.relative_to(tdir)) for b in boots]
     return GuestRun(tuple(boots), suites.cases + c_cases, suites.log, tests_s,
                     time.monotonic() - started, lab_error)
 
@@ -160,7 +177,7 @@ def _stop_why(boots: list[BootRecord], end: BootEnd | None) -> str:
     return ""
 
 
-def _one_boot(ctx: Context, kit: GuestKit, image: Path, tdir: Path, number: int,
+def _one_boot(ctx: Guests, kit: GuestKit, image: Path, tdir: Path, number: int,
               rounds: Rounds, setup: Install) -> tuple[BootRecord, BootEnd | None, float]:
     settings, limits = ctx.lab.guest, ctx.lab.limits
     name = "guest" if number == 1 else f"guest-{number}"
@@ -193,12 +210,12 @@ def _power_off(guest: BootedGuest) -> None:
         pass  # the guest is going down; boot() kills QEMU behind it anyway
 
 
-def _c_suite(ctx: Context, target: Target, build: BuildResult) -> tuple[Path | None,
+def _c_suite(ctx: Guests, target: Target, build: BuildResult) -> tuple[Path | None,
                                                                          tuple[Case, ...]]:
     """The C suite's binary for this kernel's BTF; when it does not build, each of its
     tests is an error saying so, and the Python suite still runs."""
     assert build.artifacts is not None
-    if "c" not in tests_of(ctx, target):
+    if "c" not in tests_of(ctx.catalog, target):
         return None, ()
     try:
         return ctx.c_suite(ctx.lab.workdir, target.arch, build.artifacts / "vmlinux",
@@ -206,15 +223,15 @@ def _c_suite(ctx: Context, target: Target, build: BuildResult) -> tuple[Path | N
     except LabError as exc:
         why = f"not run: the C suite did not build: {exc}"
         return None, tuple(junit.case_of(t, "c", Status.ERROR, why)
-                           for t in tests_of(ctx, target).get("c", ()))
+                           for t in tests_of(ctx.catalog, target).get("c", ()))
 
 
-def tests_of(ctx: Context, target: Target) -> dict[str, tuple[str, ...]]:
+def tests_of(catalog: dict[str, tuple[str, ...]], target: Target) -> dict[str, tuple[str, ...]]:
     """The tests target must report, by suite: the catalogue, or the variant's share."""
     wanted = target.variant.tests
     if not wanted:
-        return ctx.catalog
-    chosen = {s: tuple(t for t in ids if t in wanted) for s, ids in ctx.catalog.items()}
+        return catalog
+    chosen = {s: tuple(t for t in ids if t in wanted) for s, ids in catalog.items()}
     return {s: ids for s, ids in chosen.items() if ids}
 
 
@@ -230,14 +247,13 @@ def kernel_identity(lab: Lab, ops: Ops, table: Sequence[commits.Upstream], targe
                             target.variant.name, debian=debian)
 
 
-def _commits_file(ctx: Context, target: Target, build: BuildResult, tdir: Path) -> Path:
-    """Which declared upstream commits this kernel carries, decided here, read by both
-    suites in the guest."""
-    identity = kernel_identity(ctx.lab, ctx.ops, ctx.table, target,
+def commits_text(lab: Lab, ops: Ops, table: Sequence[commits.Upstream], target: Target,
+                 build: BuildResult) -> str:
+    """Which declared upstream commits this kernel carries (commits.txt, read by both
+    suites in the guest): decided where the source is, beside the build."""
+    identity = kernel_identity(lab, ops, table, target,
                                str(build.meta.get("kernel_release", "")))
-    path = tdir / "commits.txt"
-    write_atomic(path, commits.render(commits.decide(ctx.table, identity), identity))
-    return path
+    return commits.render(commits.decide(table, identity), identity)
 
 
 def _env(target: Target) -> dict[str, str]:
@@ -264,7 +280,7 @@ def collect(ctx: Context, target: Target, build: BuildResult, run: GuestRun, tdi
         why = run.error or (f"the kernel did not boot ({run.boots[0].state}: "
                             f"{run.boots[0].reason})" if run.boots else "no boot")
         cases = [junit.case_of(t, s, Status.ERROR, f"not run: {why}")
-                 for s, ids in tests_of(ctx, target).items() for t in ids]
+                 for s, ids in tests_of(ctx.catalog, target).items() for t in ids]
     expected = target.variant.expect_reports
     known = ctx.lab.known_reports
     tied = junit.tie_reports(cases, [r for _, r in pairs], expected, known=known) \

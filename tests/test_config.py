@@ -65,6 +65,8 @@ def test_arch_aliases_resolve_to_the_canonical_arch(fake_tree: Path, write_lab: 
      "variants[0].backports", "not also in reverts"),
     ("source: {debian: {versions: [6.1.192]}}\nvariants: [{name: x, series: [6]}]\n",
      "variants[0].series[0]", "a string"),
+    ("source: {debian: {versions: [6.1.192]}}\nvariants: [{name: x, tests: [test_x.py]}]\n",
+     "variants[0].tests[0]", "a test id such as test_x.py::test_y"),
     ("source: {debian: {versions: [6.1.192]}}\nvariants: [{name: x, series: ['7.x']}]\n",
      "variants[0].series[0]", "kernel series"),
     ("source: {debian: {versions: [6.1.192]}}\nvariants: [{name: x, series: ['6.1', '5.4'],"
@@ -330,6 +332,12 @@ def test_the_series_layers_are_data_checked_like_the_lab_file(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="does not exist"):
         load_series(bad)
     assert [s.first for s in load_series()] == ["6.12", "7.0"]  # the lab's own file
+
+
+def test_a_variant_may_run_a_share_of_the_suites(write_lab: Writer) -> None:
+    lab = load_lab(write_lab("source: {debian: {versions: [6.1.192]}}\n"
+                             "variants: [{name: q, tests: ['map_in_map::timer_in_inner_map']}]\n"))
+    assert lab.variants[0].tests == ("map_in_map::timer_in_inner_map",)
 
 
 def test_a_variant_runs_on_its_series_with_that_series_patch(write_lab: Writer) -> None:

@@ -5,9 +5,12 @@ show during the suites ends as a recorded result with the right verdict."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -314,11 +317,15 @@ def test_control_characters_in_guest_text_stay_inside_the_target(
 def test_an_interrupted_run_keeps_finished_targets_and_resumes(session: Session,
                                                                tmp_path: Path) -> None:
     class Interrupting(Guests):
+        """Ctrl-C (SIGINT to the lab's main thread) while the third guest boots."""
+
         @contextmanager
         def __call__(self, kit: GuestKit, kernel: Path, settings: GuestSettings,
                      run_dir: Path) -> Iterator[FakeBooted]:
             if len(self.boots) == 2:
-                raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGINT)
+                threading.Event().wait(3)  # the boot the interrupt cuts short
+                raise LabError("interrupted")
             with super().__call__(kit, kernel, settings, run_dir) as g:
                 yield g
     with pytest.raises(KeyboardInterrupt):

@@ -1,0 +1,169 @@
+"""End to end on a real Dask cluster: `./lab scheduler` and two `./lab worker`
+processes on this host, over TLS with a certificate made here, each worker with its
+own workdir and kernel cache; real kernels (6.1.192 x86_64), real guests.
+
+A builds and boots (the project's work/ and the shared cache: the machine the lab was
+set up on); B only boots, from an empty workdir and cache (a fresh machine: its own
+rootfs, C suite and kernels, fetched from A). B is killed while it runs a guest; the
+matrix still completes, with every target once."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from harness.config import load_lab
+
+pytestmark = pytest.mark.e2e
+PROJECT = Path(__file__).resolve().parents[2]
+LAB = PROJECT / "lab"
+UAF_TEST = ("test_map_in_map_free.py::test_inner_map_replaced_under_a_parked_sleepable_"
+            "program_is_not_used_after_free")
+VARIANTS = f"""variants:
+  - name: quick-a
+    tests: ["test_map_in_map_basic.py::test_syscall_lookup_on_an_outer_map_returns_the_inner_map_id",
+            "test_map_in_map_basic.py::test_hash_inner_maps_may_differ_in_max_entries",
+            "map_in_map::spin_lock_in_inner_map"]
+  - name: quick-b
+    tests: ["test_map_in_map_basic.py::test_outer_maps_and_prog_arrays_are_refused_as_inner_maps",
+            "map_in_map::timer_in_inner_map"]
+  - name: uaf
+    patches: ["kernels/patches/reverts/{{series}}/8766733641.patch"]
+    reverts: ["8766733641"]
+    tests: ["{UAF_TEST}"]
+    expect_reports:
+      - test: {UAF_TEST}
+        signatures: ["KASAN: use-after-free Read in array_map_update_elem"]
+"""
+TESTS = {"quick-a": 3, "quick-b": 2, "uaf": 1}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def certificates(where: Path) -> Path:
+    """A self-signed certificate for 127.0.0.1, its own CA: $BPFLAB_TLS for all three."""
+    where.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(where / "key.pem"), "-out", str(where / "cert.pem"),
+                    "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True)
+    (where / "ca.pem").write_bytes((where / "cert.pem").read_bytes())
+    return where
+
+
+class Procs:
+    """Processes this test starts, each in its own group, ended by pid."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp, self.procs = tmp, {}  # type: tuple[Path, dict[str, subprocess.Popen[bytes]]]
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Path:
+        log = self.tmp / f"{name}.log"
+        with log.open("wb") as fh:
+            self.procs[name] = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT,
+                                                env={**os.environ, **env},
+                                                start_new_session=True)
+        return log
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+        proc.wait(timeout=60)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.kill(name, signal.SIGTERM)
+
+
+def wait_for(log: Path, pattern: str, seconds: float, procs: Procs, name: str) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = re.search(pattern, log.read_text(errors="replace"))
+        if found:
+            return found[0]
+        assert procs.procs[name].poll() is None, log.read_text(errors="replace")[-3000:]
+        time.sleep(0.5)
+    raise AssertionError(f"{name}: no {pattern!r} in {seconds:.0f} s:\n"
+                         f"{log.read_text(errors='replace')[-3000:]}")
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.stop_all()
+
+
+def test_a_matrix_on_a_scheduler_and_two_workers_survives_losing_one(
+        tmp_path: Path, procs: Procs) -> None:
+    tls = {"BPFLAB_TLS": str(certificates(tmp_path / "tls"))}
+    port = free_port()
+    log = procs.start("scheduler", [str(LAB), "scheduler", "--port", str(port), "--tls"], tls)
+    address = wait_for(log, r"tls://127\.0\.0\.1:\d+", 120, procs, "scheduler")
+    a = procs.start("A", [str(LAB), "worker", "--scheduler", address, "--name", "A"], tls)
+    b_home, b_cache = tmp_path / "B", tmp_path / "B-cache"
+    b = procs.start("B", [str(LAB), "worker", "--scheduler", address, "--name", "B",
+                          "--build-slots", "0", "--workdir", str(b_home)],
+                    {**tls, "BPFLAB_CACHE": str(b_cache)})
+    wait_for(a, "worker A: tls://", 120, procs, "A")
+    wait_for(b, "worker B: tls://", 120, procs, "B")
+
+    base = (PROJECT / "lab.yaml").read_text()
+    lab = tmp_path / "cluster.yaml"
+    lab.write_text(base[:base.index("variants:")].replace(
+        "versions: [6.1.192, 7.3-rc7]", "versions: [6.1.192]").replace(
+        "arches: [x86_64, arm64]", "arches: [x86_64]") + VARIANTS)
+    lab.write_text(f"workdir: {load_lab().workdir}\n" + lab.read_text().replace(
+        "\nworkdir:", "\n# workdir:"))
+    run_dir = tmp_path / "run"
+    out = procs.start("matrix", [str(LAB), "matrix", "--lab", str(lab), "--scheduler",
+                                 address, "--run-dir", str(run_dir)], tls)
+    # the first guest on B done: kill B while it runs its next one (or, if A took the
+    # rest, while it waits): mid-run either way
+    wait_for(out, r"guests on B", 1800, procs, "matrix")
+    deadline = time.monotonic() + 300
+    while not list((b_home / "engine").glob("*/guest/console.log")) and \
+            time.monotonic() < deadline and procs.procs["matrix"].poll() is None:
+        time.sleep(0.5)
+    running = [p.parent.parent.name for p in (b_home / "engine").glob("*/guest/console.log")]
+    procs.kill("B")
+    code = procs.procs["matrix"].wait(timeout=1800)
+    text = out.read_text(errors="replace")
+    assert code == 0, text[-5000:]
+
+    lines = re.findall(r"== \[\d/3\] x86_64 v6\.1\.192 (\S+): built on (\w+)[^,]*, guests on (\w+)",
+                       text)
+    assert sorted(v for v, _, _ in lines) == sorted(TESTS), lines  # every target once
+    assert all(builder == "A" for _, builder, _ in lines), lines
+    assert any(guests == "B" for _, _, guests in lines), lines  # built on A, booted on B
+    # the kernel B booted came from A, as a bundle, into B's own cache
+    assert list((b_cache / "kernels").glob("x86_64-*/image")), "no kernel moved to B"
+    for name in running:  # what B was running when it died ran again on A, whole
+        variant = name.split("__")[2].rsplit("-", 1)[0]
+        assert (variant, "A") in [(v, g) for v, _, g in lines], (name, lines)
+    merged = (run_dir / "junit.xml").read_text()
+    assert merged.count("<testcase ") == sum(TESTS.values()) + len(TESTS)  # + kernel-health
+    for variant, tests in TESTS.items():
+        meta = json.loads((run_dir / "targets" / f"v6.1.192__x86_64__{variant}" /
+                           "metadata.json").read_text())
+        assert meta["counts"]["pass"] == meta["counts"]["total"] == tests + 1, meta
+    assert not list(run_dir.glob(".incoming/*")), "the coordinator left files half-recorded"
+    leftover = subprocess.run(["pgrep", "-f", str(b_home)], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", f"B's QEMU outlived B: {leftover.stdout}"
