@@ -140,8 +140,9 @@ def test_a_sigkilled_lab_leaves_no_make_behind(pids: Path, tmp_path: Path) -> No
     tree = wait_for_tree(pids)
     lab.kill()
     lab.wait(timeout=5)
-    # PDEATHSIG ends the top make at once; the watchdog ends the rest of its group.
-    assert survivors(tree, within=8.0) == {}
+    # PDEATHSIG ends the top make at once; the watchdog ends the rest of its group
+    # (a bound, not a speed target: on a host busy with guests it took over 8 s)
+    assert survivors(tree, within=30.0) == {}
 
 
 def test_a_command_past_its_timeout_is_ended_with_its_group_and_status_124() -> None:
