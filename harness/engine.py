@@ -89,8 +89,9 @@ class Engine:
 
     def workers(self) -> list[WorkerInfo]:
         info = self.client.scheduler_info(n_workers=-1)["workers"]
-        return sorted((WorkerInfo(a, str(w.get("name", a)), dict(w.get("resources", {})))
-                       for a, w in info.items()), key=lambda w: w.name)
+        return sorted((WorkerInfo(a, "local" if self.local else str(w.get("name", a)),
+                                  dict(w.get("resources", {}))) for a, w in info.items()),
+                      key=lambda w: w.name)
 
     def describe(self) -> str:
         ws = self.workers()
