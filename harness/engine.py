@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,10 +97,23 @@ class Engine:
     def describe(self) -> str:
         ws = self.workers()
         told = ", ".join(f"{w.name} ({_slots(w)})" for w in ws) or "none yet"
-        dash = self.client.scheduler_info().get("services", {}).get("dashboard")
-        board = f"; dashboard http://{self.where.split('://')[-1].rsplit(':', 1)[0]}:{dash}" \
-            if dash else ""
+        url = self.dashboard()
+        board = f"; dashboard {url}" if url else ""
         return f"engine: {self.where}, {len(ws)} worker(s): {told}{board}"
+
+
+    def dashboard(self) -> str:
+        """The dashboard's address when the scheduler serves one (Dask's needs bokeh;
+        without it the same port only answers /health)."""
+        port = self.client.scheduler_info().get("services", {}).get("dashboard")
+        if not port:
+            return ""
+        url = f"http://{self.where.split('://')[-1].rsplit(':', 1)[0]}:{port}/status"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                return url if answer.status == 200 else ""
+        except (OSError, ValueError):
+            return ""
 
 
 def _slots(w: WorkerInfo) -> str:
@@ -239,7 +253,12 @@ def _collect(eng: Engine, ctx: Context, futures: dict[Any, Target], total: int) 
                 except KilledWorker as exc:
                     record(ctx, target, LabError(f"its workers died ({exc})"), "", None, None)
                     continue
+                finally:
+                    # let go of it: a worker that dies holding a result still wanted
+                    # would make Dask run the target's guests again for nothing
+                    future.release()
                 _record(ctx, target, result, done, total, time.monotonic() - started)
+            del finished
             _orphans(eng, ctx, futures, orphaned)
     except BaseException:
         eng.client.cancel(list(futures), force=True)

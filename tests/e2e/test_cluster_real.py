@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import yaml
 
 from harness.config import load_lab
 
@@ -45,6 +46,17 @@ VARIANTS = f"""variants:
         signatures: ["KASAN: use-after-free Read in array_map_update_elem"]
 """
 TESTS = {"quick-a": 3, "quick-b": 2, "uaf": 1}
+
+
+def write_lab(path: Path, max_boots: int) -> Path:
+    """The default lab on 6.1.192 x86_64 only, with the variants above."""
+    lab = yaml.safe_load((PROJECT / "lab.yaml").read_text())
+    lab.update(workdir=str(load_lab().workdir), arches=["x86_64"],
+               variants=yaml.safe_load(VARIANTS)["variants"])
+    lab["source"]["debian"]["versions"] = ["6.1.192"]
+    lab["guest"]["max_boots"] = max_boots
+    path.write_text(yaml.safe_dump(lab, sort_keys=False))
+    return path
 
 
 def free_port() -> int:
@@ -115,7 +127,10 @@ def test_a_matrix_on_a_scheduler_and_two_workers_survives_losing_one(
         tmp_path: Path, procs: Procs) -> None:
     tls = {"BPFLAB_TLS": str(certificates(tmp_path / "tls"))}
     port = free_port()
-    log = procs.start("scheduler", [str(LAB), "scheduler", "--port", str(port), "--tls"], tls)
+    # Work stealing off: every guest waits for B, the worker they prefer (not building),
+    # so B is sure to be running one when it is killed. The lab leaves stealing on.
+    log = procs.start("scheduler", [str(LAB), "scheduler", "--port", str(port), "--tls"],
+                      {**tls, "DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING": "False"})
     address = wait_for(log, r"tls://127\.0\.0\.1:\d+", 120, procs, "scheduler")
     a = procs.start("A", [str(LAB), "worker", "--scheduler", address, "--name", "A"], tls)
     b_home, b_cache = tmp_path / "B", tmp_path / "B-cache"
@@ -125,24 +140,18 @@ def test_a_matrix_on_a_scheduler_and_two_workers_survives_losing_one(
     wait_for(a, "worker A: tls://", 120, procs, "A")
     wait_for(b, "worker B: tls://", 120, procs, "B")
 
-    base = (PROJECT / "lab.yaml").read_text()
-    lab = tmp_path / "cluster.yaml"
-    lab.write_text(base[:base.index("variants:")].replace(
-        "versions: [6.1.192, 7.3-rc7]", "versions: [6.1.192]").replace(
-        "arches: [x86_64, arm64]", "arches: [x86_64]") + VARIANTS)
-    lab.write_text(f"workdir: {load_lab().workdir}\n" + lab.read_text().replace(
-        "\nworkdir:", "\n# workdir:"))
+    lab = write_lab(tmp_path / "cluster.yaml", max_boots=10)
     run_dir = tmp_path / "run"
     out = procs.start("matrix", [str(LAB), "matrix", "--lab", str(lab), "--scheduler",
                                  address, "--run-dir", str(run_dir)], tls)
-    # the first guest on B done: kill B while it runs its next one (or, if A took the
-    # rest, while it waits): mid-run either way
+    # the first guest on B done: kill B while it runs its next one
     wait_for(out, r"guests on B", 1800, procs, "matrix")
     deadline = time.monotonic() + 300
     while not list((b_home / "engine").glob("*/guest/console.log")) and \
-            time.monotonic() < deadline and procs.procs["matrix"].poll() is None:
+            time.monotonic() < deadline:
         time.sleep(0.5)
     running = [p.parent.parent.name for p in (b_home / "engine").glob("*/guest/console.log")]
+    assert running and procs.procs["matrix"].poll() is None, out.read_text()[-3000:]
     procs.kill("B")
     code = procs.procs["matrix"].wait(timeout=1800)
     text = out.read_text(errors="replace")
@@ -155,9 +164,9 @@ def test_a_matrix_on_a_scheduler_and_two_workers_survives_losing_one(
     assert any(guests == "B" for _, _, guests in lines), lines  # built on A, booted on B
     # the kernel B booted came from A, as a bundle, into B's own cache
     assert list((b_cache / "kernels").glob("x86_64-*/image")), "no kernel moved to B"
-    for name in running:  # what B was running when it died ran again on A, whole
-        variant = name.split("__")[2].rsplit("-", 1)[0]
-        assert (variant, "A") in [(v, g) for v, _, g in lines], (name, lines)
+    [name] = running  # what B was running when it died ran again on A, whole
+    variant = name.split("__")[2].rsplit("-", 1)[0]
+    assert (variant, "A") in [(v, g) for v, _, g in lines], (name, lines)
     merged = (run_dir / "junit.xml").read_text()
     assert merged.count("<testcase ") == sum(TESTS.values()) + len(TESTS)  # + kernel-health
     for variant, tests in TESTS.items():
@@ -167,3 +176,46 @@ def test_a_matrix_on_a_scheduler_and_two_workers_survives_losing_one(
     assert not list(run_dir.glob(".incoming/*")), "the coordinator left files half-recorded"
     leftover = subprocess.run(["pgrep", "-f", str(b_home)], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", f"B's QEMU outlived B: {leftover.stdout}"
+
+    # Ctrl-C on the coordinator while A runs a guest: A ends that QEMU, A lives on, and
+    # the result the store held for that target is still there. (Another guest setting,
+    # so the target runs again on its cached kernel.)
+    before = (run_dir / "targets" / "v6.1.192__x86_64__quick-b" / "metadata.json").read_text()
+    lab2 = write_lab(tmp_path / "cluster2.yaml", max_boots=9)
+    again = procs.start("again", [str(LAB), "matrix", "--lab", str(lab2), "--scheduler",
+                                  address, "--run-dir", str(run_dir), "--variant", "quick-b"],
+                        tls)
+    qemu = wait_for_qemu(procs.procs["A"].pid, 300)
+    os.kill(procs.procs["again"].pid, signal.SIGINT)
+    assert procs.procs["again"].wait(timeout=120) == 130, again.read_text()[-3000:]
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{qemu}").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not Path(f"/proc/{qemu}").exists(), "A's QEMU outlived the interrupted run"
+    assert procs.procs["A"].poll() is None, "the worker itself went down"
+    after = (run_dir / "targets" / "v6.1.192__x86_64__quick-b" / "metadata.json").read_text()
+    assert after == before
+
+
+def wait_for_qemu(parent: int, seconds: float) -> int:
+    """The pid of a QEMU started under the process tree of parent."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for pid in subprocess.run(["pgrep", "-f", "qemu-system-x86_64"], capture_output=True,
+                                  text=True).stdout.split():
+            if descends(int(pid), parent):
+                return int(pid)
+        time.sleep(0.5)
+    raise AssertionError(f"no QEMU under {parent} in {seconds:.0f} s")
+
+
+def descends(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return False
