@@ -21,10 +21,10 @@ from typing import Any, Callable
 from harness.build import Builder
 from harness.errors import LabError, UserError
 from harness.model import Target
-from harness.ops import terminate_children
 from harness.pipeline import Context, record
 from harness.progress import fmt_secs
-from harness.worker import Guested, Job, build_task, guest_task, local_resources, unpack
+from harness.worker import (Guested, Job, build_task, guest_task, local_resources,
+                            stop_all, unpack)
 
 TLS_ENV = "BPFLAB_TLS"  # a directory with ca.pem, cert.pem and key.pem
 CONNECT_S = 10.0
@@ -143,7 +143,7 @@ def engine(scheduler: str = "", insecure: bool = False) -> Engine:
     else:
         from distributed import LocalCluster
         cluster = LocalCluster(n_workers=1, processes=False, threads_per_worker=2,
-                               host="127.0.0.1", protocol="tcp", dashboard_address=None,
+                               host="127.0.0.1", protocol="tcp", dashboard_address="127.0.0.1:0",
                                resources=local_resources(), silence_logs=logging.ERROR,
                                name="local")
         client = Client(cluster)
@@ -263,7 +263,7 @@ def _collect(eng: Engine, ctx: Context, futures: dict[Any, Target], total: int) 
     except BaseException:
         eng.client.cancel(list(futures), force=True)
         if not eng.local:  # the remote workers' QEMUs and makes (a local one's: the task's)
-            eng.client.run(terminate_children)
+            eng.client.run(stop_all)
         raise
 
 

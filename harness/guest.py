@@ -197,9 +197,34 @@ class Guest:
         time.sleep(settle)
 
     def __enter__(self) -> "Guest":
+        with _running_lock:
+            _running.add(self)
         self.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            with _running_lock:
+                _running.discard(self)
+
+
+# Guests running in this process, for a run that is called off (Ctrl-C on a
+# coordinator, a worker told to stop): their QEMUs go, and the threads driving them see
+# the guest gone and end their tasks.
+_running: set[Guest] = set()
+_running_lock = threading.Lock()
+
+
+def kill_guests() -> list[int]:
+    """SIGKILL every QEMU this process runs; returns their pids."""
+    with _running_lock:
+        guests = list(_running)
+    pids = []
+    for g in guests:
+        if g.proc is not None and g.proc.poll() is None:
+            g.proc.kill()  # our child, by its pid
+            pids.append(g.proc.pid)
+    return pids

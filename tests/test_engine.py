@@ -237,3 +237,22 @@ def test_errors_raised_on_a_worker_reach_the_coordinator_whole() -> None:
     assert isinstance(err, ConfigError) and err.key == "variants[0].patches[0]"
     assert str(err) == "lab.yaml: variants[0].patches[0]: a patch"
     assert str(pickle.loads(pickle.dumps(LabError("QEMU missing")))) == "QEMU missing"
+
+
+def test_calling_a_run_off_kills_the_qemus_its_worker_threads_drive(tmp_path: Path) -> None:
+    import threading
+    from harness.guest import Guest
+    started, stopped = threading.Event(), threading.Event()
+    pids: list[int] = []
+
+    def drive() -> None:  # a worker thread in a guest task, a stand-in QEMU
+        with Guest(["sleep", "60"], tmp_path / "g", tmp_path / "qmp", False) as g:
+            assert g.proc is not None
+            pids.append(g.proc.pid)
+            started.set()
+            g.proc.wait()
+        stopped.set()
+    threading.Thread(target=drive, daemon=True).start()
+    assert started.wait(10)
+    assert worker.stop_all() == pids
+    assert stopped.wait(10)  # the guest gone, the thread ends its task
