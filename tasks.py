@@ -23,8 +23,8 @@ from harness import main
 from harness.config import DEFAULT_LAB, PROJECT, Lab, load_lab
 from harness.errors import LabError, UserError
 from harness.model import Selection, TaskResult, Verdict
-from harness.guest import kill_guests
-from harness.ops import Ops, terminate_children
+from harness.guest import stop_all
+from harness.ops import Ops
 
 LAB_HELP = "lab file (default: the built-in lab.yaml)"
 ENGINE_HELP = {"scheduler": "a Dask scheduler (tls://HOST:8786; README, Across machines); "
@@ -70,8 +70,7 @@ def _run(lab: str, body: Callable[[main.Session], TaskResult | Verdict],
         raise Exit(f"lab error: unexpected {type(exc).__name__}: {exc} (traceback in "
                    f"{path})", EXIT[Verdict.LAB]) from None
     finally:
-        kill_guests()  # no QEMU a worker thread drives outlives the task either
-        terminate_children()  # no make, git or apt outlives the task
+        stop_all()  # no QEMU, make, git or apt outlives the task
     done = result if isinstance(result, TaskResult) else TaskResult(result)
     code = done.command_status if done.command_status is not None else EXIT[done.verdict]
     if code:

@@ -23,8 +23,8 @@ from harness.errors import LabError, UserError
 from harness.model import Target
 from harness.pipeline import Context, record
 from harness.progress import fmt_secs
-from harness.worker import (Guested, Job, build_task, guest_task, local_resources,
-                            stop_all, unpack)
+from harness.guest import stop_all
+from harness.worker import Guested, Job, build_task, guest_task, local_resources, unpack
 
 TLS_ENV = "BPFLAB_TLS"  # a directory with ca.pem, cert.pem and key.pem
 CONNECT_S = 10.0
@@ -213,16 +213,16 @@ def run(eng: Engine, ctx: Context, job: Job, builder: Builder, todo: list[Target
     for i, t in enumerate(todo):
         why = _unservable(t, workers)
         if why:
-            record(ctx, t, LabError(why), "", None, None)
+            _lab_error(ctx, t, why)
             continue
         where = placed.get(t)
         built = eng.client.submit(build_task, job, t, force, pure=False,
-                                  key=f"build-{t.label.replace(' ', '-')}-{uuid.uuid4().hex[:6]}",
+                                  key=_key("build", t),
                                   resources={"build": 1, f"build-{t.arch.name}": 1},
                                   workers=[where] if where else None,
                                   allow_other_workers=True, priority=n - i)
         guest = eng.client.submit(guest_task, job, built, pure=False,
-                                  key=f"guest-{t.label.replace(' ', '-')}-{uuid.uuid4().hex[:6]}",
+                                  key=_key("guest", t),
                                   resources={"guest": 1, f"boot-{t.arch.name}": 1},
                                   workers=guest_preference(t.arch.name, workers, builders),
                                   allow_other_workers=True, priority=2 * n - i)
@@ -248,16 +248,16 @@ def _collect(eng: Engine, ctx: Context, futures: dict[Any, Target], total: int) 
                 try:
                     result: Guested = future.result()
                 except LabError as exc:
-                    record(ctx, target, exc, "", None, None)
+                    _lab_error(ctx, target, str(exc))
                     continue
                 except KilledWorker as exc:
-                    record(ctx, target, LabError(f"its workers died ({exc})"), "", None, None)
+                    _lab_error(ctx, target, f"its workers died ({exc})")
                     continue
                 finally:
                     # let go of it: a worker that dies holding a result still wanted
                     # would make Dask run the target's guests again for nothing
                     future.release()
-                _record(ctx, target, result, done, total, time.monotonic() - started)
+                _record(eng, ctx, target, result, f"{done}/{total}", time.monotonic() - started)
             del finished
             _orphans(eng, ctx, futures, orphaned)
     except BaseException:
@@ -278,7 +278,15 @@ def _orphans(eng: Engine, ctx: Context, futures: dict[Any, Target],
         elif now - orphaned.setdefault(future, now) >= ORPHAN_S:
             future.cancel()
             del futures[future]
-            record(ctx, target, LabError(f"{why} any more: its workers left"), "", None, None)
+            _lab_error(ctx, target, f"{why} any more: its workers left")
+
+
+def _key(stage: str, t: Target) -> str:
+    return f"{stage}-{t.label.replace(' ', '-')}-{uuid.uuid4().hex[:6]}"
+
+
+def _lab_error(ctx: Context, t: Target, why: str) -> None:
+    record(ctx, t, LabError(why), "", None, None)
 
 
 def _unservable(t: Target, workers: list[WorkerInfo]) -> str:
@@ -288,14 +296,15 @@ def _unservable(t: Target, workers: list[WorkerInfo]) -> str:
     return ""
 
 
-def _record(ctx: Context, target: Target, g: Guested, done: int, total: int,
+def _record(eng: Engine, ctx: Context, target: Target, g: Guested, count: str,
             elapsed: float) -> None:
+    names = {w.address: w.name for w in eng.workers()}
     b = g.built
-    where = f"built on {_name(b.worker)}" + (" (cached)" if b.result.cached else "")
+    where = f"built on {names.get(b.worker, b.worker or '?')}" + \
+        (" (cached)" if b.result.cached else "")
     if g.run is not None:
-        where += f", guests on {_name(g.worker)}"
-    print(f"\n== [{done}/{total}] {target.label}: {where} ({fmt_secs(elapsed)} elapsed)",
-          flush=True)
+        where += f", guests on {names.get(g.worker, g.worker or '?')}"
+    print(f"\n== [{count}] {target.label}: {where} ({fmt_secs(elapsed)} elapsed)", flush=True)
     incoming = ctx.store.root / ".incoming" / uuid.uuid4().hex[:8]
     try:
         if g.run is not None:
@@ -303,11 +312,3 @@ def _record(ctx: Context, target: Target, g: Guested, done: int, total: int,
         record(ctx, target, b.result, b.log, g.run, incoming if g.run is not None else None)
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
-
-
-def _name(address: str) -> str:
-    for eng in _engines.values():
-        for w in eng.workers():
-            if w.address == address:
-                return w.name
-    return address or "?"

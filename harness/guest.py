@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Sequence
 
 from harness.console import ConsoleReport, ConsoleWatch
 from harness.errors import LabError
-from harness.ops import echo
+from harness.ops import echo, terminate_children
 
 PR_SET_PDEATHSIG = 1
 CONSOLE_LIMIT = 64 << 20  # bytes of console.log per boot (limits.console_bytes)
@@ -216,6 +216,11 @@ class Guest:
 # the guest gone and end their tasks.
 _running: set[Guest] = set()
 _running_lock = threading.Lock()
+
+
+def stop_all() -> list[int]:
+    """End every QEMU and child (make, git) of this process: a run called off."""
+    return kill_guests() + terminate_children()
 
 
 def kill_guests() -> list[int]:

@@ -98,7 +98,7 @@ def record(ctx: Context, target: Target, build: BuildResult | LabError, build_lo
     tdir = ctx.store.target_dir(target)
     shutil.rmtree(tdir, ignore_errors=True)
     if files is not None:
-        shutil.copytree(files, tdir)
+        shutil.move(files, tdir)
     tdir.mkdir(parents=True, exist_ok=True)
     if isinstance(build, LabError):
         return _save(ctx, target, _outcome(ctx, target, {Stage.BUILD: Status.ERROR},

@@ -27,8 +27,7 @@ from harness.csuite import build_c_suite
 from harness.errors import LabError
 from harness.main import Session
 from harness.model import Status, Target
-from harness.guest import kill_guests
-from harness.ops import Ops, terminate_children
+from harness.ops import Ops
 from harness.pipeline import CSuiteFn, GuestRun, Guests, Kits, Prepare, commits_text, run_guest
 from harness.store import target_dirname
 
@@ -229,7 +228,7 @@ def fetch_kernel(built: Built, timeout: float = 900.0) -> bytes:
 def pack_kernel(key: str) -> bytes:
     """A cached kernel as one content-keyed bundle (the cache entry, gzip -1)."""
     entry = shared_cache() / "kernels" / key
-    meta, why = read_entry(entry)
+    why = read_entry(entry)[1]
     if why:
         raise LabError(f"kernel {key} on {worker_name()}: {why}")
     return pack(entry)
@@ -310,11 +309,6 @@ def local_resources() -> dict[str, float]:
     arches = load_arches()
     return {"build": 1, "guest": 1, **{f"build-{a.name}": 1 for a in arches},
             **{f"boot-{a.name}": 1 for a in arches}}
-
-
-def stop_all() -> list[int]:
-    """End every QEMU and child (make, git) of this process: a run called off."""
-    return kill_guests() + terminate_children()
 
 
 def set_home(workdir: Path) -> None:

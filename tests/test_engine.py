@@ -241,7 +241,7 @@ def test_errors_raised_on_a_worker_reach_the_coordinator_whole() -> None:
 
 def test_calling_a_run_off_kills_the_qemus_its_worker_threads_drive(tmp_path: Path) -> None:
     import threading
-    from harness.guest import Guest
+    from harness.guest import Guest, stop_all
     started, stopped = threading.Event(), threading.Event()
     pids: list[int] = []
 
@@ -254,5 +254,5 @@ def test_calling_a_run_off_kills_the_qemus_its_worker_threads_drive(tmp_path: Pa
         stopped.set()
     threading.Thread(target=drive, daemon=True).start()
     assert started.wait(10)
-    assert worker.stop_all() == pids
+    assert stop_all() == pids
     assert stopped.wait(10)  # the guest gone, the thread ends its task
