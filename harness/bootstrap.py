@@ -4,6 +4,7 @@ Standard library only: it runs before the venv exists."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -41,18 +42,35 @@ def install_packages(missing: list[str]) -> None:
 
 
 def ensure_venv() -> None:
-    stamp = VENV / ".requirements.sha256"
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
-    if stamp.exists() and stamp.read_text() == digest:
+    if venv_current():
         return
     print(f"setup: Python venv in {VENV}", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     subprocess.run([str(VENV / "bin/pip"), "install", "-q", "--disable-pip-version-check",
                     "-r", str(REQUIREMENTS)], check=True)
-    stamp.write_text(digest)
+    (VENV / ".requirements.sha256").write_text(requirements_digest())
 
 
 def main() -> None:
+    if not missing_packages(wanted_packages()) and venv_current():
+        return  # the common case: no lock, no wait
+    # ./lab commands started together on a new host (a scheduler and its workers) set
+    # it up once, one after the other, instead of fighting over dpkg's lock and the venv
+    with open(PROJECT / ".setup.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        set_up()
+
+
+def venv_current() -> bool:
+    stamp = VENV / ".requirements.sha256"
+    return stamp.exists() and stamp.read_text() == requirements_digest()
+
+
+def requirements_digest() -> str:
+    return hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+
+
+def set_up() -> None:
     missing = missing_packages(wanted_packages())
     if missing:
         install_packages(missing)

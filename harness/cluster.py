@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 from pathlib import Path
 
 from harness.config import load_arches
 from harness.engine import check_address, security
 from harness.errors import UserError
+from harness.guest import stop_all
+from harness.ops import EVERY_RUN, mark_called_off
 from harness.model import Verdict
 from harness.worker import capabilities, set_home
+
+STOP_S = 10  # seconds a stopping worker gives Dask to say goodbye to the scheduler
 
 
 def serve_worker(scheduler: str, workdir: Path, build_slots: int, guest_slots: int,
@@ -31,15 +36,30 @@ def serve_worker(scheduler: str, workdir: Path, build_slots: int, guest_slots: i
     name = name or socket.gethostname()
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
-    async def serve() -> None:
-        async with Worker(scheduler, nthreads=build_slots + guest_slots, name=name,
-                          resources=resources, security=security(scheduler),
-                          local_directory=str(workdir / "dask-worker")) as w:
+    async def serve() -> bool:
+        told_to_stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, told_to_stop.set)
+        w = await Worker(scheduler, nthreads=build_slots + guest_slots, name=name,
+                         resources=resources, security=security(scheduler),
+                         local_directory=str(workdir / "dask-worker"))
+        try:
             told = ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()))
             print(f"worker {name}: {w.address} serving {scheduler}; workdir {workdir}; "
                   f"{told}", flush=True)
-            await w.finished()
-    asyncio.run(serve())
+            stop = asyncio.create_task(told_to_stop.wait())
+            await asyncio.wait([stop, asyncio.create_task(w.finished())],
+                               return_when=asyncio.FIRST_COMPLETED)
+            return told_to_stop.is_set()
+        finally:
+            # the tasks' threads may be deep in a guest or a make: end what they run
+            # (they see it gone and return), and leave without waiting for them
+            mark_called_off(EVERY_RUN)
+            await asyncio.to_thread(stop_all)
+            await w.close(timeout=STOP_S, executor_wait=False)
+    if asyncio.run(serve()):
+        print(f"worker {name}: stopped", flush=True)
     return Verdict.OK
 
 

@@ -23,7 +23,7 @@ from harness.errors import LabError, UserError
 from harness.model import Target
 from harness.pipeline import Context, record
 from harness.progress import fmt_secs
-from harness.guest import stop_all
+from harness.guest import call_off
 from harness.worker import Guested, Job, build_task, guest_task, local_resources, unpack
 
 TLS_ENV = "BPFLAB_TLS"  # a directory with ca.pem, cert.pem and key.pem
@@ -227,10 +227,11 @@ def run(eng: Engine, ctx: Context, job: Job, builder: Builder, todo: list[Target
                                   workers=guest_preference(t.arch.name, workers, builders),
                                   allow_other_workers=True, priority=2 * n - i)
         futures[guest] = t
-    _collect(eng, ctx, futures, n)
+    _collect(eng, ctx, futures, n, job.run)
 
 
-def _collect(eng: Engine, ctx: Context, futures: dict[Any, Target], total: int) -> None:
+def _collect(eng: Engine, ctx: Context, futures: dict[Any, Target], total: int,
+             run_token: str) -> None:
     """Record each target as its guests finish; a target no worker left can serve is
     a lab error after ORPHAN_S, not a run that waits forever."""
     from distributed import KilledWorker, wait
@@ -262,8 +263,9 @@ def _collect(eng: Engine, ctx: Context, futures: dict[Any, Target], total: int) 
             _orphans(eng, ctx, futures, orphaned)
     except BaseException:
         eng.client.cancel(list(futures), force=True)
-        if not eng.local:  # the remote workers' QEMUs and makes (a local one's: the task's)
-            eng.client.run(stop_all)
+        # every worker ends this run's QEMUs and makes and starts it no more (a
+        # cancelled task's thread runs on); the runs of other coordinators go on
+        eng.client.run(call_off, run_token)
         raise
 
 

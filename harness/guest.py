@@ -16,7 +16,8 @@ from typing import Any, BinaryIO, Sequence
 
 from harness.console import ConsoleReport, ConsoleWatch
 from harness.errors import LabError
-from harness.ops import echo, terminate_children
+from harness.ops import current_run, echo, mark_called_off, refuse_if_called_off, \
+    terminate_children
 
 PR_SET_PDEATHSIG = 1
 CONSOLE_LIMIT = 64 << 20  # bytes of console.log per boot (limits.console_bytes)
@@ -86,6 +87,7 @@ class Guest:
         self._watch = ConsoleWatch()
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
+        self.run = ""  # the run it works for (ops.working_for), once entered
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -100,6 +102,12 @@ class Guest:
                     stderr=err, start_new_session=True, preexec_fn=_die_with_parent)
             except FileNotFoundError as exc:
                 raise LabError(f"{self.argv[0]}: not installed") from exc
+        try:  # called off while starting: call_off() may have missed this one
+            refuse_if_called_off()
+        except LabError:
+            self.proc.kill()
+            self.proc.wait()
+            raise
         self._reader = threading.Thread(target=self._read, args=(started_wall,),
                                         name=f"console-{self.proc.pid}", daemon=True)
         self._reader.start()
@@ -197,9 +205,16 @@ class Guest:
         time.sleep(settle)
 
     def __enter__(self) -> "Guest":
+        self.run = current_run()
         with _running_lock:
+            refuse_if_called_off()
             _running.add(self)
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            with _running_lock:
+                _running.discard(self)
+            raise
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -219,14 +234,22 @@ _running_lock = threading.Lock()
 
 
 def stop_all() -> list[int]:
-    """End every QEMU and child (make, git) of this process: a run called off."""
+    """End every QEMU and child (make, git) of this process: the process is going."""
     return kill_guests() + terminate_children()
 
 
-def kill_guests() -> list[int]:
-    """SIGKILL every QEMU this process runs; returns their pids."""
+def call_off(run: str) -> list[int]:
+    """End run's QEMUs and children (make, git) in this process, and refuse it new
+    ones: a cancelled task's thread, seeing its guest gone, must not boot another.
+    Other runs this worker serves go on."""
+    mark_called_off(run)
+    return kill_guests(run) + terminate_children(run=run)
+
+
+def kill_guests(run: str | None = None) -> list[int]:
+    """SIGKILL every QEMU this process runs (or only run's); returns their pids."""
     with _running_lock:
-        guests = list(_running)
+        guests = [g for g in _running if run is None or g.run == run]
     pids = []
     for g in guests:
         if g.proc is not None and g.proc.poll() is None:

@@ -28,6 +28,41 @@ Child = subprocess.Popen[str]
 # may call terminate_children() while that thread is starting a child.
 _live: dict[int, Child] = {}
 _live_lock = threading.RLock()
+# The run each live child works for, and the runs called off: a worker serves several
+# runs at once, and calling one off must end its children and refuse it new ones,
+# leaving the others' alone. A thread says which run it works for with working_for().
+_owner: dict[int, str] = {}
+_called_off: set[str] = set()
+_working = threading.local()
+
+
+@contextmanager
+def working_for(run: str) -> Iterator[None]:
+    """What this thread starts from here on belongs to run (a Dask thread is reused)."""
+    before = current_run()
+    _working.run = run
+    try:
+        yield
+    finally:
+        _working.run = before
+
+
+def current_run() -> str:
+    return str(getattr(_working, "run", ""))
+
+
+EVERY_RUN = "*"  # called off when the process itself is going (a worker stopped)
+
+
+def refuse_if_called_off() -> None:
+    run = current_run()
+    if run and (run in _called_off or EVERY_RUN in _called_off):
+        raise LabError(f"run {run[:12]} was called off")
+
+
+def mark_called_off(run: str) -> None:
+    with _live_lock:
+        _called_off.add(run)
 
 
 @dataclass(frozen=True)
@@ -42,12 +77,13 @@ def echo(argv: Sequence[str], cwd: Path | None = None) -> None:
     print(f"+ {where}{shlex.join(argv)}", file=sys.stderr, flush=True)
 
 
-def terminate_children(grace: float = GRACE) -> list[int]:
-    """End every live child group, whichever thread waits on it: SIGTERM, then SIGKILL
-    once its leader is gone or after grace. Returns the leaders' pids. For the main
-    thread on Ctrl-C or SIGTERM, while a background thread waits on make."""
+def terminate_children(grace: float = GRACE, run: str | None = None) -> list[int]:
+    """End every live child group (or only run's), whichever thread waits on it:
+    SIGTERM, then SIGKILL once its leader is gone or after grace. Returns the leaders'
+    pids. For the main thread on Ctrl-C or SIGTERM, while a background thread waits on
+    make."""
     with _live_lock:
-        procs = dict(_live)
+        procs = {pid: c for pid, c in _live.items() if run is None or _owner.get(pid) == run}
     _end_groups(list(procs), lambda pid: procs[pid].poll() is None, grace)
     return sorted(procs)
 
@@ -164,8 +200,10 @@ def _child(argv: Sequence[str], cwd: Path | None, env: Mapping[str, str]) -> Ite
     """argv running in its own process group, listed while it lives; an exception in
     the caller (an error, Ctrl-C) ends the whole group before it propagates."""
     with _live_lock:
+        refuse_if_called_off()
         proc = _start(argv, cwd, env)
         _live[proc.pid] = proc
+        _owner[proc.pid] = current_run()
     try:
         with proc:  # on the way out: close the pipe, wait for the leader
             try:
@@ -177,6 +215,7 @@ def _child(argv: Sequence[str], cwd: Path | None, env: Mapping[str, str]) -> Ite
     finally:
         with _live_lock:
             _live.pop(proc.pid, None)
+            _owner.pop(proc.pid, None)
         _watchdog.tell(f"-{proc.pid}")
 
 

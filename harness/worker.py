@@ -27,7 +27,7 @@ from harness.csuite import build_c_suite
 from harness.errors import LabError
 from harness.main import Session
 from harness.model import Status, Target
-from harness.ops import Ops
+from harness.ops import Ops, working_for
 from harness.pipeline import CSuiteFn, GuestRun, Guests, Kits, Prepare, commits_text, run_guest
 from harness.store import target_dirname
 
@@ -165,6 +165,11 @@ def worker_name() -> str:
 
 def build_task(job: Job, target: Target, force: bool) -> Built:
     """Build (or find cached) target's kernel on this worker."""
+    with working_for(job.run):
+        return _build(job, target, force)
+
+
+def _build(job: Job, target: Target, force: bool) -> Built:
     here = local(job)
     builder = here.builder()
     result = builder.build(target, force)
@@ -177,6 +182,11 @@ def build_task(job: Job, target: Target, force: bool) -> Built:
 def guest_task(job: Job, built: Built) -> Guested:
     """Run target's guests on this worker, fetching the kernel when another built it;
     the files go back to the coordinator and leave nothing here."""
+    with working_for(job.run):
+        return _guests(job, built)
+
+
+def _guests(job: Job, built: Built) -> Guested:
     if built.result.status is not Status.PASS:
         return Guested(built, None, b"", worker_address())
     here = local(job)
@@ -185,6 +195,8 @@ def guest_task(job: Job, built: Built) -> Guested:
     print(f"\n== {target.label}: guest on {worker_name()}", flush=True)
     scratch = here.lab.workdir / "engine" / f"{target_dirname(target)}-{uuid.uuid4().hex[:8]}"
     scratch.mkdir(parents=True)
+    print(f"   live: {scratch}/guest/console.log (each boot's console while it runs)",
+          flush=True)
     try:
         (scratch / "commits.txt").write_text(built.commits)
         run = run_guest(here.guests, target, build, scratch, scratch / "commits.txt")

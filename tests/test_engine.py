@@ -239,20 +239,39 @@ def test_errors_raised_on_a_worker_reach_the_coordinator_whole() -> None:
     assert str(pickle.loads(pickle.dumps(LabError("QEMU missing")))) == "QEMU missing"
 
 
-def test_calling_a_run_off_kills_the_qemus_its_worker_threads_drive(tmp_path: Path) -> None:
+def test_calling_a_run_off_ends_its_qemus_and_refuses_it_new_ones_leaving_other_runs(
+        tmp_path: Path) -> None:
     import threading
-    from harness.guest import Guest, stop_all
-    started, stopped = threading.Event(), threading.Event()
-    pids: list[int] = []
+    from harness.errors import LabError
+    from harness.guest import Guest, call_off
+    from harness.ops import Ops, working_for
+    pids: dict[str, int] = {}
+    started = {r: threading.Event() for r in ("run-a", "run-b")}
+    ended: dict[str, str] = {}
 
-    def drive() -> None:  # a worker thread in a guest task, a stand-in QEMU
-        with Guest(["sleep", "60"], tmp_path / "g", tmp_path / "qmp", False) as g:
-            assert g.proc is not None
-            pids.append(g.proc.pid)
-            started.set()
-            g.proc.wait()
-        stopped.set()
-    threading.Thread(target=drive, daemon=True).start()
-    assert started.wait(10)
-    assert stop_all() == pids
-    assert stopped.wait(10)  # the guest gone, the thread ends its task
+    def drive(run: str) -> None:  # a worker thread in run's guest task, a stand-in QEMU
+        with working_for(run):
+            with Guest(["sleep", "60"], tmp_path / run, tmp_path / f"{run}.qmp", False) as g:
+                assert g.proc is not None
+                pids[run] = g.proc.pid
+                started[run].set()
+                g.proc.wait()
+            try:  # the guest died: the task's thread would boot a fresh one
+                with Guest(["sleep", "60"], tmp_path / f"{run}-2", tmp_path / "q2", False):
+                    ended[run] = "booted again"
+            except LabError as exc:
+                ended[run] = str(exc)
+    threads = [threading.Thread(target=drive, args=(r,), daemon=True) for r in started]
+    for t in threads:
+        t.start()
+    assert all(e.wait(10) for e in started.values())
+    assert call_off("run-a") == [pids["run-a"]]
+    threads[0].join(10)
+    assert ended == {"run-a": "run run-a was called off"}
+    assert Path(f"/proc/{pids['run-b']}").exists()  # the other run's guest goes on
+    with working_for("run-a"), pytest.raises(LabError, match="called off"):
+        Ops(verbose=False).run(["true"])  # nor does it start a make or a git
+    assert Ops(verbose=False).run(["true"]).returncode == 0  # outside the run: allowed
+    assert call_off("run-b") == [pids["run-b"]]
+    threads[1].join(10)
+    assert ended["run-b"] == "run run-b was called off"

@@ -91,15 +91,20 @@ class Procs:
                                                 start_new_session=True)
         return log
 
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+    def kill(self, name: str, sig: int = signal.SIGKILL, wait: float = 60) -> None:
         proc = self.procs[name]
         if proc.poll() is None:
             os.killpg(proc.pid, sig)
-        proc.wait(timeout=60)
+        proc.wait(timeout=wait)
 
     def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.kill(name, signal.SIGTERM)
+        """The last started first (runs, workers, then the scheduler); what does not
+        end on SIGTERM in 60 s is killed, so a failed test leaves nothing running."""
+        for name in reversed(list(self.procs)):
+            try:
+                self.kill(name, signal.SIGTERM)
+            except subprocess.TimeoutExpired:
+                self.kill(name)
 
 
 def wait_for(log: Path, pattern: str, seconds: float, procs: Procs, name: str) -> str:
@@ -195,18 +200,30 @@ def test_a_matrix_on_a_scheduler_and_two_workers_survives_losing_one(
     assert procs.procs["A"].poll() is None, "the worker itself went down"
     after = (run_dir / "targets" / "v6.1.192__x86_64__quick-b" / "metadata.json").read_text()
     assert after == before
+    # the cancelled task's thread on A saw its guest die: it must not boot a fresh one
+    time.sleep(20)
+    assert not qemus_under(procs.procs["A"].pid), "A booted again for the called-off run"
+
+    # SIGTERM on a worker: it ends promptly and leaves no QEMU behind
+    procs.kill("A", signal.SIGTERM, wait=30)
+    assert "worker A: stopped" in a.read_text(errors="replace")
 
 
 def wait_for_qemu(parent: int, seconds: float) -> int:
     """The pid of a QEMU started under the process tree of parent."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        for pid in subprocess.run(["pgrep", "-f", "qemu-system-x86_64"], capture_output=True,
-                                  text=True).stdout.split():
-            if descends(int(pid), parent):
-                return int(pid)
+        found = qemus_under(parent)
+        if found:
+            return found[0]
         time.sleep(0.5)
     raise AssertionError(f"no QEMU under {parent} in {seconds:.0f} s")
+
+
+def qemus_under(parent: int) -> list[int]:
+    return [int(pid) for pid in subprocess.run(["pgrep", "-f", "qemu-system-x86_64"],
+                                               capture_output=True, text=True).stdout.split()
+            if descends(int(pid), parent)]
 
 
 def descends(pid: int, ancestor: int) -> bool:
