@@ -239,7 +239,10 @@ def classify(before: Iterable[Result], now: Iterable[Result]) -> list[Classified
         elif b is None and a is not None:
             out.append(Classified(key, Change.MISSING, a.status, None))
         elif a is not None and b is not None:
-            was, bad = a.status in BAD, b.status in BAD
+            # last night's failure that passed on its retry was a flake, not a known
+            # failure: failing again tonight is retried and judged afresh
+            was = a.status in BAD and (a.retry is None or a.retry in BAD)
+            bad = b.status in BAD
             if bad and was:
                 out.append(Classified(key, Change.STILL_FAILING, a.status, b.status))
             elif bad:

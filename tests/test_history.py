@@ -37,6 +37,17 @@ def test_a_night_is_classified_against_the_one_before() -> None:
                    "e": Change.MISSING, "f": Change.UNSTABLE, "g": Change.NEW}
 
 
+def test_a_flake_of_last_night_is_not_a_known_failure_tonight() -> None:
+    flaked = [r("a", "fail", retry="pass"), r("b", "fail", retry="pass")]
+    now = [r("a", "fail"), r("b", "pass")]
+    # failing again: a regression until its own retry says otherwise; passing: no news
+    assert [(c.key[0], c.change) for c in history.classify(flaked, now)] == [
+        ("a", Change.REGRESSION)]
+    now = [r("a", "fail", retry="pass"), r("b", "pass")]
+    assert [(c.key[0], c.change) for c in history.classify(flaked, now)] == [
+        ("a", Change.UNSTABLE)]
+
+
 def test_a_regression_without_a_retry_yet_is_a_regression() -> None:
     [got] = history.classify([r("a", "pass")], [r("a", "fail")])
     assert (got.change, got.before, got.now) == (Change.REGRESSION, "pass", "fail")
