@@ -264,8 +264,12 @@ def _collect(eng: Engine, ctx: Context, futures: dict[Any, Target], total: int,
     except BaseException:
         eng.client.cancel(list(futures), force=True)
         # every worker ends this run's QEMUs and makes and starts it no more (a
-        # cancelled task's thread runs on); the runs of other coordinators go on
-        eng.client.run(call_off, run_token)
+        # cancelled task's thread runs on); the runs of other coordinators go on.
+        # Best effort: a worker that cannot be told must not hide why the run ends.
+        try:
+            eng.client.run(call_off, run_token, on_error="ignore")
+        except Exception as exc:  # noqa: BLE001 - the scheduler itself is gone
+            print(f"   could not call the run off on the workers: {exc}", flush=True)
         raise
 
 
