@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The engine's cost and what more workers buy.
 
-    .venv/bin/python benchmarks/bench_cluster.py [--targets N]
+    .venv/bin/python benchmarks/bench_cluster.py [--targets N] [--throughput K]
 
 1. Overhead per target of running a target's two stages as Dask tasks (the local
    cluster every run uses: scheduling, serialisation of a build's log and a guest's
@@ -12,17 +12,28 @@
 2. The modelled wall time of the 28-commit history of kernel/bpf/map_in_map.c on two
    arches on 1, 4 and 16 workers (one build and one guest slot each), from measured
    per-stage times: the engine's own placement (engine.place_builds), each builder's
-   walk a cold build then incremental ones, each guest ready when its kernel is."""
+   walk a cold build then incremental ones, each guest ready when its kernel is.
+3. With --throughput K: real targets per hour through a real scheduler with one worker
+   and then two (each its own workdir; the second boots only), for K cached-kernel
+   targets of 6.1.192 x86_64 (variants running two quick tests each, one kernel for
+   all): a warm-up run first, so what is timed is guests, not rootfs or kernel builds."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
+import signal
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -109,9 +120,98 @@ def hours(secs: float) -> str:
     return f"{secs / 3600:.1f} h" if secs >= 3600 else f"{secs / 60:.0f} min"
 
 
+PROJECT = Path(__file__).resolve().parent.parent
+QUICK = ["test_map_in_map_basic.py::test_syscall_lookup_on_an_outer_map_returns_the_inner_map_id",
+         "test_map_in_map_basic.py::test_hash_inner_maps_may_differ_in_max_entries"]
+
+
+def throughput_lab(path: Path, k: int) -> Path:
+    lab = yaml.safe_load((PROJECT / "lab.yaml").read_text())
+    lab.update(workdir=str(load_lab().workdir), arches=["x86_64"],
+               variants=[{"name": f"q{i}", "tests": QUICK} for i in range(k)])
+    lab["source"]["debian"]["versions"] = ["6.1.192"]
+    path.write_text(yaml.safe_dump(lab, sort_keys=False))
+    return path
+
+
+class Procs:
+    """What the throughput measurement starts, each in its own group, ended by pid."""
+
+    def __init__(self, where: Path) -> None:
+        self.where, self.procs = where, []  # type: tuple[Path, list[subprocess.Popen[bytes]]]
+
+    def start(self, name: str, *argv: str, env: dict[str, str] | None = None) -> Path:
+        log = self.where / f"{name}.log"
+        with log.open("wb") as fh:
+            self.procs.append(subprocess.Popen([str(PROJECT / "lab"), *argv], stdout=fh,
+                                               stderr=subprocess.STDOUT,
+                                               env={**os.environ, **(env or {})},
+                                               start_new_session=True))
+        return log
+
+    def wait_for(self, log: Path, pattern: str, secs: float = 120) -> str:
+        deadline = time.monotonic() + secs
+        while time.monotonic() < deadline:
+            found = re.search(pattern, log.read_text(errors="replace"))
+            if found:
+                return found[0]
+            time.sleep(0.5)
+        raise SystemExit(f"no {pattern!r} in {log} after {secs:.0f} s")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def matrix_seconds(procs: Procs, lab: Path, address: str, run_dir: Path) -> float:
+    t0 = time.monotonic()
+    done = subprocess.run([str(PROJECT / "lab"), "matrix", "--lab", str(lab), "--scheduler",
+                           address, "--run-dir", str(run_dir)], capture_output=True, text=True)
+    took = time.monotonic() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"./lab matrix exit {done.returncode}:\n{done.stdout[-3000:]}")
+    return took
+
+
+def throughput(k: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+        where = Path(tmp)
+        procs = Procs(where)
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            log = procs.start("scheduler", "scheduler", "--port", str(port))
+            address = procs.wait_for(log, r"tcp://127\.0\.0\.1:\d+")
+            a = procs.start("A", "worker", "--scheduler", address, "--name", "A")
+            procs.wait_for(a, "worker A: tcp://")
+            lab = throughput_lab(where / "lab.yaml", k)
+            matrix_seconds(procs, lab, address, where / "warm")  # kernel, rootfs, C suite
+            one = matrix_seconds(procs, lab, address, where / "one")
+            b = procs.start("B", "worker", "--scheduler", address, "--name", "B",
+                            "--build-slots", "0", "--workdir", str(where / "B"))
+            procs.wait_for(b, "worker B: tcp://")
+            matrix_seconds(procs, throughput_lab(where / "warm-b.yaml", 2), address,
+                           where / "warm-b")  # B's rootfs and kernel bundle
+            two = matrix_seconds(procs, lab, address, where / "two")
+        finally:
+            procs.stop()
+    print(f"throughput, {k} cached-kernel targets (x86_64, 2 tests each), this host "
+          f"({os.cpu_count()} cores): 1 worker {one:.0f} s = {3600 * k / one:.0f} targets/h; "
+          f"2 workers {two:.0f} s = {3600 * k / two:.0f} targets/h ({one / two:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=int, default=200)
+    parser.add_argument("--throughput", type=int, default=0, metavar="K",
+                        help="also time K real cached-kernel targets on 1 and 2 workers")
     args = parser.parse_args()
     stages = measured()
     engine_s, direct_s = overhead(args.targets)
@@ -125,6 +225,8 @@ def main() -> None:
           ", ".join(f"{k} {v:.0f}" for k, v in sorted(stages.items())))
     for n in (1, 4, 16):
         print(f"model: 28 commits x 2 arches on {n:2d} worker(s): {hours(model(n, stages))}")
+    if args.throughput:
+        throughput(args.throughput)
 
 
 if __name__ == "__main__":

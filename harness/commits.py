@@ -210,7 +210,7 @@ def _decide_one(commit: Upstream, identity: Identity) -> Presence:
     if named(identity.reverted):
         return Presence(commit.id, False, f"reverted by the variant {identity.variant}")
     if named(identity.backported):
-        return Presence(commit.id, True, f"backported by the variant {identity.variant}")
+        return Presence(commit.id, True, f"declared present by the variant {identity.variant}")
     found = next((e for e in identity.evidence or () if same_commit(commit.id, e.id)), None)
     if found and found.kind != "unknown":
         return Presence(commit.id, found.present, found.detail)

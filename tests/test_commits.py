@@ -127,7 +127,7 @@ def test_a_variant_revert_beats_its_backports_the_git_evidence_and_the_release()
 
 def test_a_variant_backport_beats_the_git_evidence_and_the_release() -> None:
     leak = Identity("6.1.192", (NOT_IN_TREE,), (), ("af66bfd3c8",), "leak-inject")
-    assert state(TABLE, leak)["af66bfd3c8"] == (True, "backported by the variant leak-inject")
+    assert state(TABLE, leak)["af66bfd3c8"] == (True, "declared present by the variant leak-inject")
 
 
 def test_the_git_evidence_beats_the_release_numbers_and_is_the_why() -> None:
@@ -194,7 +194,7 @@ def test_the_real_table_under_the_lab_variants() -> None:
     assert uaf["8766733641"] == (False, "reverted by the variant uaf-inject")
     assert uaf["20c20bd11a"] == (True, "6.1.y from 6.1.75, release 6.1.192")
     leak = real(Identity("6.1.192", None, (), ("aa3496accc",), "leak-inject"))
-    assert leak["aa3496accc"] == (True, "backported by the variant leak-inject")
+    assert leak["aa3496accc"] == (True, "declared present by the variant leak-inject")
     assert leak["d48995723c"][0] is False
 
 

@@ -5,6 +5,7 @@ then a rerun that resumes from the store and boots nothing."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +20,7 @@ from harness.model import Selection, Verdict
 from harness.ops import Ops
 from harness.results import Status
 from harness.suites import BLINDED
+from tasks import EXIT
 
 pytestmark = pytest.mark.e2e
 PROJECT = Path(__file__).resolve().parents[2]
@@ -192,3 +194,45 @@ def test_invoke_report_rebuilds_the_page_from_the_store(
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "uaf-inject" in done.stdout and (run_dir / "index.html").exists()
+
+
+def outcomes(run_dir: Path) -> dict[str, Any]:
+    """Per target: each test's status and the kernel reports (test, signature, expected)."""
+    found: dict[str, Any] = {}
+    for target in sorted((run_dir / "targets").iterdir()):
+        meta = json.loads((target / "metadata.json").read_text())
+        found[target.name] = (
+            sorted((c.test_id, c.status.value) for c in junit.stored_cases(target / "junit.xml")),
+            sorted({(r["test"] or "", r["signature"], r["expected"]) for r in meta["reports"]}))
+    return found
+
+
+@pytest.mark.full  # the default lab's guests again, on two workers
+def test_the_default_lab_on_a_scheduler_and_two_workers_gives_the_single_host_results(
+        run: tuple[Path, Verdict, list[str]], request: pytest.FixtureRequest,
+        tmp_path: Path) -> None:
+    from tests.e2e.test_cluster_real import Procs, free_port, wait_for
+    run_dir, code, _ = run
+    procs = Procs(tmp_path)
+    try:
+        lab = str(PROJECT / "lab")
+        log = procs.start("scheduler", [lab, "scheduler", "--port", str(free_port())], {})
+        address = wait_for(log, r"tcp://127\.0\.0\.1:\d+", 120, procs, "scheduler")
+        a = procs.start("A", [lab, "worker", "--scheduler", address, "--name", "A"], {})
+        # B: a fresh machine that only boots (its rootfs, C suite and kernels its own)
+        b = procs.start("B", [lab, "worker", "--scheduler", address, "--name", "B",
+                              "--build-slots", "0", "--workdir", str(tmp_path / "B")],
+                        {"BPFLAB_CACHE": str(tmp_path / "B-cache")})
+        wait_for(a, "worker A: tcp://", 120, procs, "A")
+        wait_for(b, "worker B: tcp://", 120, procs, "B")
+        # the whole default lab, as the single-host run above (--full) ran it
+        out = procs.start("matrix", [lab, "matrix", "--scheduler", address, "--run-dir",
+                                     str(tmp_path / "run")], {})
+        assert procs.procs["matrix"].wait(timeout=4 * 3600) == EXIT[code], \
+            out.read_text(errors="replace")[-5000:]
+    finally:
+        procs.stop_all()
+    text = out.read_text(errors="replace")
+    workers = set(re.findall(r"guests on (\w+)", text))
+    assert workers == {"A", "B"}, text[-3000:]  # both worked
+    assert outcomes(tmp_path / "run") == outcomes(run_dir)
