@@ -23,9 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +38,8 @@ from harness import engine  # noqa: E402
 from harness.config import load_arches, load_lab, shared_cache  # noqa: E402
 from harness.config import Variant  # noqa: E402
 from harness.model import Commit, Target  # noqa: E402
+# the processes a real cluster needs, started and ended as its end-to-end test does
+from tests.e2e.test_cluster_real import Procs, free_port, wait_for  # noqa: E402
 
 LOG = b"x" * 100_000
 FILES = os.urandom(1_000_000)
@@ -134,42 +133,7 @@ def throughput_lab(path: Path, k: int) -> Path:
     return path
 
 
-class Procs:
-    """What the throughput measurement starts, each in its own group, ended by pid."""
-
-    def __init__(self, where: Path) -> None:
-        self.where, self.procs = where, []  # type: tuple[Path, list[subprocess.Popen[bytes]]]
-
-    def start(self, name: str, *argv: str, env: dict[str, str] | None = None) -> Path:
-        log = self.where / f"{name}.log"
-        with log.open("wb") as fh:
-            self.procs.append(subprocess.Popen([str(PROJECT / "lab"), *argv], stdout=fh,
-                                               stderr=subprocess.STDOUT,
-                                               env={**os.environ, **(env or {})},
-                                               start_new_session=True))
-        return log
-
-    def wait_for(self, log: Path, pattern: str, secs: float = 120) -> str:
-        deadline = time.monotonic() + secs
-        while time.monotonic() < deadline:
-            found = re.search(pattern, log.read_text(errors="replace"))
-            if found:
-                return found[0]
-            time.sleep(0.5)
-        raise SystemExit(f"no {pattern!r} in {log} after {secs:.0f} s")
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-
-
-def matrix_seconds(procs: Procs, lab: Path, address: str, run_dir: Path) -> float:
+def matrix_seconds(lab: Path, address: str, run_dir: Path) -> float:
     t0 = time.monotonic()
     done = subprocess.run([str(PROJECT / "lab"), "matrix", "--lab", str(lab), "--scheduler",
                            address, "--run-dir", str(run_dir)], capture_output=True, text=True)
@@ -183,25 +147,24 @@ def throughput(k: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         where = Path(tmp)
         procs = Procs(where)
+        lab_cmd = str(PROJECT / "lab")
         try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            log = procs.start("scheduler", "scheduler", "--port", str(port))
-            address = procs.wait_for(log, r"tcp://127\.0\.0\.1:\d+")
-            a = procs.start("A", "worker", "--scheduler", address, "--name", "A")
-            procs.wait_for(a, "worker A: tcp://")
+            log = procs.start("scheduler", [lab_cmd, "scheduler", "--port", str(free_port())],
+                              {})
+            address = wait_for(log, r"tcp://127\.0\.0\.1:\d+", 120, procs, "scheduler")
+            a = procs.start("A", [lab_cmd, "worker", "--scheduler", address, "--name", "A"], {})
+            wait_for(a, "worker A: tcp://", 120, procs, "A")
             lab = throughput_lab(where / "lab.yaml", k)
-            matrix_seconds(procs, lab, address, where / "warm")  # kernel, rootfs, C suite
-            one = matrix_seconds(procs, lab, address, where / "one")
-            b = procs.start("B", "worker", "--scheduler", address, "--name", "B",
-                            "--build-slots", "0", "--workdir", str(where / "B"))
-            procs.wait_for(b, "worker B: tcp://")
-            matrix_seconds(procs, throughput_lab(where / "warm-b.yaml", 2), address,
+            matrix_seconds(lab, address, where / "warm")  # kernel, rootfs, C suite
+            one = matrix_seconds(lab, address, where / "one")
+            b = procs.start("B", [lab_cmd, "worker", "--scheduler", address, "--name", "B",
+                                  "--build-slots", "0", "--workdir", str(where / "B")], {})
+            wait_for(b, "worker B: tcp://", 120, procs, "B")
+            matrix_seconds(throughput_lab(where / "warm-b.yaml", 2), address,
                            where / "warm-b")  # B's rootfs and kernel bundle
-            two = matrix_seconds(procs, lab, address, where / "two")
+            two = matrix_seconds(lab, address, where / "two")
         finally:
-            procs.stop()
+            procs.stop_all()
     print(f"throughput, {k} cached-kernel targets (x86_64, 2 tests each), this host "
           f"({os.cpu_count()} cores): 1 worker {one:.0f} s = {3600 * k / one:.0f} targets/h; "
           f"2 workers {two:.0f} s = {3600 * k / two:.0f} targets/h ({one / two:.2f}x)")

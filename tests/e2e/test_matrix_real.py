@@ -21,6 +21,7 @@ from harness.ops import Ops
 from harness.results import Status
 from harness.suites import BLINDED
 from tasks import EXIT
+from tests.e2e.test_cluster_real import Procs, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 PROJECT = Path(__file__).resolve().parents[2]
@@ -209,9 +210,7 @@ def outcomes(run_dir: Path) -> dict[str, Any]:
 
 @pytest.mark.full  # the default lab's guests again, on two workers
 def test_the_default_lab_on_a_scheduler_and_two_workers_gives_the_single_host_results(
-        run: tuple[Path, Verdict, list[str]], request: pytest.FixtureRequest,
-        tmp_path: Path) -> None:
-    from tests.e2e.test_cluster_real import Procs, free_port, wait_for
+        run: tuple[Path, Verdict, list[str]], tmp_path: Path) -> None:
     run_dir, code, _ = run
     procs = Procs(tmp_path)
     try:
