@@ -154,7 +154,8 @@ def test_three_nights_regression_bisected_verified_then_fixed(
 
 FLAKE_AT = 6
 META_ALLOC = "struct bpf_map *bpf_map_meta_alloc(int inner_map_ufd)\n"
-GET = "\tinner_map = __bpf_map_get(f);\n"
+# bpf_map_meta_alloc's own lookup: bpf_map_fd_get_ptr makes the same call on 7.x
+GET = "\tCLASS(fd, f)(inner_map_ufd);\n\n\tinner_map = __bpf_map_get(f);\n"
 
 
 def flaky(text: str) -> str:
@@ -162,4 +163,5 @@ def flaky(text: str) -> str:
     helper = ("static bool bpflab_flake(void)\n{\n\tstatic atomic_t calls = ATOMIC_INIT(0);\n\n"
               f"\treturn atomic_inc_return(&calls) == {FLAKE_AT};\n}}\n\n")
     return text.replace(META_ALLOC, helper + META_ALLOC).replace(
-        GET, "\tif (bpflab_flake())\n\t\treturn ERR_PTR(-ENOMEM);\n" + GET)
+        GET, GET.replace("\tinner_map =", "\tif (bpflab_flake())\n\t\treturn ERR_PTR(-ENOMEM);\n"
+                         "\tinner_map ="))
