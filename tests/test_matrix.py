@@ -314,6 +314,18 @@ def test_control_characters_in_guest_text_stay_inside_the_target(
     assert JUnitXml.fromfile(str(tmp_path / "run/junit.xml")).tests == 14  # + python-suite
 
 
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt, as ./lab makes sure: a shell that starts
+    pytest in the background leaves SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c")
 def test_an_interrupted_run_keeps_finished_targets_and_resumes(session: Session,
                                                                tmp_path: Path) -> None:
     class Interrupting(Guests):
