@@ -16,15 +16,16 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from harness.build import Builder
 from harness.errors import LabError, UserError
-from harness.model import Target
+from harness.model import Status, Target
 from harness.pipeline import Context, record
 from harness.progress import fmt_secs
 from harness.guest import call_off
-from harness.worker import Guested, Job, build_task, guest_task, local_resources, unpack
+from harness.worker import (Built, Guested, Job, build_task, guest_task, local_resources,
+                            unpack)
 
 TLS_ENV = "BPFLAB_TLS"  # a directory with ca.pem, cert.pem and key.pem
 CONNECT_S = 10.0
@@ -189,102 +190,193 @@ def place_builds(todo: list[Target], series: Callable[[Target], str],
     return placed
 
 
-def guest_preference(arch: str, workers: list[WorkerInfo], builders: set[str]) -> list[str]:
-    """Where a guest should go first: a KVM worker that is not building, a KVM worker,
-    a worker not building (a TCG guest beside a build boots at half speed), any."""
-    able = [w for w in workers if w.can(f"boot-{arch}")]
-    kvm = [w for w in able if w.can("kvm")]
-    for tier in ([w for w in kvm if w.address not in builders], kvm,
-                 [w for w in able if w.address not in builders], able):
-        if tier:
-            return [w.address for w in tier]
-    return []
+def pick_guest_worker(arch: str, workers: list[WorkerInfo], busy: Mapping[str, int],
+                      building: set[str]) -> str:
+    """The worker a ready guest starts on now: of those that boot arch and have a guest
+    slot this run is not using, a KVM one, then one not building (a TCG guest beside a
+    build boots at half speed), then the least loaded; "" when every one is busy (the
+    guest waits here for the first free slot, never in a busy worker's queue)."""
+    free = [w for w in workers if w.can(f"boot-{arch}")
+            and busy.get(w.address, 0) < w.resources.get("guest", 0)]
+    if not free:
+        return ""
+    return min(free, key=lambda w: (not w.can("kvm"), w.address in building,
+                                    busy.get(w.address, 0), w.name)).address
 
 
 def run(eng: Engine, ctx: Context, job: Job, builder: Builder, todo: list[Target],
         force: bool) -> None:
-    """Submit every target's build and guests; record each as it completes."""
+    """Submit every target's build; start each target's guests when its build is done
+    and a worker has a free guest slot; record each target as its guests finish."""
     workers = eng.workers()
     print(eng.describe(), flush=True)
     placed = place_builds(todo, builder.series, workers)
-    builders = set(placed.values())
-    futures: dict[Any, Target] = {}
-    n = len(todo)
+    d = _Dispatch(eng, ctx, job, len(todo))
     for i, t in enumerate(todo):
         why = _unservable(t, workers)
         if why:
             _lab_error(ctx, t, why)
             continue
-        where = placed.get(t)
+        where = placed.get(t, "")
         built = eng.client.submit(build_task, job, t, force, pure=False,
                                   key=_key("build", t),
                                   resources={"build": 1, f"build-{t.arch.name}": 1},
                                   workers=[where] if where else None,
-                                  allow_other_workers=True, priority=n - i)
-        guest = eng.client.submit(guest_task, job, built, pure=False,
-                                  key=_key("guest", t),
-                                  resources={"guest": 1, f"boot-{t.arch.name}": 1},
-                                  workers=guest_preference(t.arch.name, workers, builders),
-                                  allow_other_workers=True, priority=2 * n - i)
-        futures[guest] = t
-    _collect(eng, ctx, futures, n, job.run)
+                                  allow_other_workers=True, priority=len(todo) - i)
+        d.builds[built] = (t, where)
+    d.until_done()
 
 
-def _collect(eng: Engine, ctx: Context, futures: dict[Any, Target], total: int,
-             run_token: str) -> None:
-    """Record each target as its guests finish; a target no worker left can serve is
-    a lab error after ORPHAN_S, not a run that waits forever."""
-    from distributed import KilledWorker, wait
-    started, done = time.monotonic(), 0
-    orphaned: dict[Any, float] = {}
-    try:
-        while futures:
-            try:
-                finished = wait(list(futures), timeout=POLL_S, return_when="FIRST_COMPLETED").done
-            except TimeoutError:  # nothing finished: look at the workers
-                finished = set()
-            for future in finished:
-                target = futures.pop(future)
-                done += 1
-                try:
-                    result: Guested = future.result()
-                except LabError as exc:
-                    _lab_error(ctx, target, str(exc))
-                    continue
-                except KilledWorker as exc:
-                    _lab_error(ctx, target, f"its workers died ({exc})")
-                    continue
-                finally:
-                    # let go of it: a worker that dies holding a result still wanted
-                    # would make Dask run the target's guests again for nothing
-                    future.release()
-                _record(eng, ctx, target, result, f"{done}/{total}", time.monotonic() - started)
-            del finished
-            _orphans(eng, ctx, futures, orphaned)
-    except BaseException:
-        eng.client.cancel(list(futures), force=True)
-        # every worker ends this run's QEMUs and makes and starts it no more (a
-        # cancelled task's thread runs on); the runs of other coordinators go on.
-        # Best effort: a worker that cannot be told must not hide why the run ends.
+class _Dispatch:
+    """One run's builds in flight, targets built and waiting for a guest slot, and
+    guests in flight. Dask places builds (a warm build directory is only a preference);
+    the coordinator places guests itself, one per free slot and pinned to that worker,
+    so no guest waits in a busy worker's queue while a capable one is idle (Dask's work
+    stealing moves queued tasks by its own cost model, which knows nothing of QEMU). A
+    guest whose worker leaves starts again elsewhere: nothing is recorded twice, since
+    a target is recorded only from the guest that finished."""
+
+    def __init__(self, eng: Engine, ctx: Context, job: Job, total: int) -> None:
+        self.eng, self.ctx, self.job, self.total = eng, ctx, job, total
+        self.builds: dict[Any, tuple[Target, str]] = {}
+        self.ready: list[tuple[Target, Built]] = []
+        self.guests: dict[Any, tuple[Target, Built, str]] = {}
+        self.busy: dict[str, int] = {}
+        self.orphaned: dict[Any, float] = {}
+        self.started, self.done = time.monotonic(), 0
+
+    def until_done(self) -> None:
         try:
-            eng.client.run(call_off, run_token, on_error="ignore")
-        except Exception as exc:  # noqa: BLE001 - the scheduler itself is gone
-            print(f"   could not call the run off on the workers: {exc}", flush=True)
-        raise
+            while self.builds or self.ready or self.guests:
+                self._step()
+        except BaseException:
+            self.eng.client.cancel(list(self.builds) + list(self.guests), force=True)
+            # every worker ends this run's QEMUs and makes and starts it no more (a
+            # cancelled task's thread runs on); the runs of other coordinators go on.
+            # Best effort: a worker that cannot be told must not hide why the run ends.
+            try:
+                self.eng.client.run(call_off, self.job.run, on_error="ignore")
+            except Exception as exc:  # noqa: BLE001 - the scheduler itself is gone
+                print(f"   could not call the run off on the workers: {exc}", flush=True)
+            raise
+
+    def _step(self) -> None:
+        from distributed import wait
+        pending = list(self.builds) + list(self.guests)
+        finished: set[Any] = set()
+        if pending:
+            try:
+                finished = wait(pending, timeout=POLL_S, return_when="FIRST_COMPLETED").done
+            except TimeoutError:  # nothing finished: look at the workers
+                pass
+        else:  # built targets waiting for a worker that can boot them
+            time.sleep(POLL_S)
+        for future in finished:
+            if future in self.builds:
+                self._built(future, self.builds.pop(future)[0])
+            else:
+                self._guested(future, *self.guests.pop(future))
+        del finished, pending
+        workers = self.eng.workers()
+        self._requeue_lost(workers)
+        self._start_guests(workers)
+        self._drop_orphans(workers)
+
+    def _built(self, future: Any, target: Target) -> None:
+        built = self._answer(future, target)
+        if built is None:
+            return
+        if built.result.status is Status.PASS:
+            self.ready.append((target, built))
+        else:  # a failed build has no guests: record it as it is
+            self._record(target, Guested(built, None, b"", ""))
+
+    def _guested(self, future: Any, target: Target, _: Built, where: str) -> None:
+        self.busy[where] -= 1
+        guested = self._answer(future, target)
+        if guested is not None:
+            self._record(target, guested)
+
+    def _answer(self, future: Any, target: Target) -> Any:
+        """The task's value; a lab error recorded (and None) when it raised one."""
+        from distributed import KilledWorker
+        try:
+            return future.result()
+        except LabError as exc:
+            self.done += 1
+            _lab_error(self.ctx, target, str(exc))
+        except KilledWorker as exc:
+            self.done += 1
+            _lab_error(self.ctx, target, f"its workers died ({exc})")
+        finally:
+            # let go of it: a worker that dies holding a result still wanted would make
+            # Dask compute it again for nothing
+            future.release()
+        return None
+
+    def _record(self, target: Target, g: Guested) -> None:
+        self.done += 1
+        _record(self.eng, self.ctx, target, g, f"{self.done}/{self.total}",
+                time.monotonic() - self.started)
+
+    def _requeue_lost(self, workers: list[WorkerInfo]) -> None:
+        """Guests whose worker left the cluster go back to the front of the queue."""
+        alive = {w.address for w in workers}
+        for future, (target, built, where) in list(self.guests.items()):
+            if where not in alive:
+                future.cancel()
+                del self.guests[future]
+                self.busy[where] -= 1
+                print(f"\n== {target.label}: its guest worker left; starting it again",
+                      flush=True)
+                self.ready.insert(0, (target, built))
+
+    def _start_guests(self, workers: list[WorkerInfo]) -> None:
+        building = {where for _, where in self.builds.values() if where}
+        for target, built in list(self.ready):
+            where = pick_guest_worker(target.arch.name, workers, self.busy, building)
+            if not where:
+                continue
+            self.ready.remove((target, built))
+            guest = self.eng.client.submit(
+                guest_task, self.job, built, pure=False, key=_key("guest", target),
+                resources={"guest": 1, f"boot-{target.arch.name}": 1}, workers=[where],
+                allow_other_workers=False)
+            self.guests[guest] = (target, built, where)
+            self.busy[where] = self.busy.get(where, 0) + 1
+
+    def _drop_orphans(self, workers: list[WorkerInfo]) -> None:
+        waiting: dict[Any, Target] = {f: t for f, (t, _) in self.builds.items()}
+        waiting.update((f, t) for f, (t, _, _) in self.guests.items())
+        waiting.update((id(built), t) for t, built in self.ready)
+        for key in _orphans(workers, self.ctx, waiting, self.orphaned):
+            self.done += 1
+            if key in self.builds:
+                key.cancel()
+                del self.builds[key]
+            elif key in self.guests:
+                key.cancel()
+                _, _, where = self.guests.pop(key)
+                self.busy[where] -= 1
+            else:
+                self.ready = [(t, b) for t, b in self.ready if id(b) != key]
 
 
-def _orphans(eng: Engine, ctx: Context, futures: dict[Any, Target],
-             orphaned: dict[Any, float]) -> None:
-    workers = eng.workers()
-    now = time.monotonic()
-    for future, target in list(futures.items()):
+def _orphans(workers: list[WorkerInfo], ctx: Context, waiting: dict[Any, Target],
+             orphaned: dict[Any, float]) -> list[Any]:
+    """The waiting entries whose target no worker left can serve, for ORPHAN_S: each
+    recorded as a lab error and returned for the caller to drop (a worker restarting
+    is waited for, not a run that waits forever)."""
+    now, dropped = time.monotonic(), []
+    for key, target in waiting.items():
         why = _unservable(target, workers)
         if not why:
-            orphaned.pop(future, None)
-        elif now - orphaned.setdefault(future, now) >= ORPHAN_S:
-            future.cancel()
-            del futures[future]
+            orphaned.pop(key, None)
+        elif now - orphaned.setdefault(key, now) >= ORPHAN_S:
+            orphaned.pop(key)
             _lab_error(ctx, target, f"{why} any more: its workers left")
+            dropped.append(key)
+    return dropped
 
 
 def _key(stage: str, t: Target) -> str:

@@ -93,16 +93,28 @@ def test_a_builder_gets_only_the_arches_it_can_build() -> None:
     assert placed_names(todo, workers) == ["A", "A", "-", "-"]
 
 
-def test_guests_prefer_kvm_then_a_worker_that_is_not_building() -> None:
-    a = w("A", **{"boot-x86_64": 1, "boot-arm64": 1})
-    b = w("B", **{"boot-x86_64": 1, "boot-arm64": 1})
-    k = w("K", **{"boot-x86_64": 1, "kvm": 1})
-    assert engine.guest_preference("x86_64", [a, b, k], {a.address}) == [k.address]
-    assert engine.guest_preference("x86_64", [a, b, k], {k.address}) == [k.address]
-    k2 = w("L", **{"boot-x86_64": 1, "kvm": 1})
-    assert engine.guest_preference("x86_64", [k, k2], {k.address}) == [k2.address]
-    assert engine.guest_preference("arm64", [a, b, k], {a.address}) == [b.address]
-    assert engine.guest_preference("arm64", [a], {a.address}) == [a.address]
+def test_a_guest_goes_to_a_free_slot_kvm_first_then_a_worker_not_building() -> None:
+    a = w("A", guest=1, **{"boot-x86_64": 1, "boot-arm64": 1})
+    b = w("B", guest=1, **{"boot-x86_64": 1, "boot-arm64": 1})
+    k = w("K", guest=1, **{"boot-x86_64": 1, "kvm": 1})
+    pick = engine.pick_guest_worker
+    assert pick("x86_64", [a, b, k], {}, {a.address}) == k.address
+    assert pick("x86_64", [a, b, k], {}, {k.address}) == k.address  # KVM beside a build
+    assert pick("x86_64", [a, b, k], {k.address: 1}, {a.address}) == b.address
+    assert pick("arm64", [a, b, k], {}, {a.address}) == b.address
+    assert pick("arm64", [a], {}, {a.address}) == a.address  # building, but free
+
+
+def test_a_guest_never_queues_behind_a_busy_worker_while_a_capable_one_is_idle() -> None:
+    a = w("A", guest=1, **{"boot-x86_64": 1})
+    b = w("B", guest=2, **{"boot-x86_64": 1})
+    pick = engine.pick_guest_worker
+    # B (not building) is preferred while it has a slot; A builds but is idle
+    assert pick("x86_64", [a, b], {b.address: 1}, {a.address}) == b.address
+    assert pick("x86_64", [a, b], {b.address: 2}, {a.address}) == a.address
+    assert pick("x86_64", [a, b], {a.address: 1, b.address: 2}, set()) == ""  # all busy
+    assert pick("x86_64", [a, b], {a.address: 1}, set()) == b.address
+    assert pick("x86_64", [w("C", **{"boot-x86_64": 1})], {}, set()) == ""  # no guest slot
 
 
 def test_a_target_no_worker_can_build_or_boot_is_said_not_waited_for() -> None:
@@ -197,27 +209,18 @@ def test_a_scheduler_that_does_not_answer_is_one_lab_error(
         engine.engine(f"tcp://127.0.0.1:{port}")
 
 
-class Pending:
-    cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
 def test_a_target_whose_workers_all_left_is_a_lab_error_after_a_grace(
         monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, str]] = []
     monkeypatch.setattr(engine, "record", lambda ctx, t, b, *rest: seen.append((t.label, str(b))))
     left = [w("A", **BOTH, **{"boot-x86_64": 1})]  # nobody boots arm64 any more
-    eng = type("E", (), {"workers": lambda self: left})()
     arm, x86 = targets("arm64", 1)[0], targets("x86_64", 1)[0]
-    pending = {Pending(): arm, Pending(): x86}
+    pending = {"f1": arm, "f2": x86}
     orphaned: dict[object, float] = {}
-    engine._orphans(eng, None, pending, orphaned)  # type: ignore[arg-type]
-    assert not seen and len(pending) == 2  # a worker may be restarting: wait ORPHAN_S
+    assert engine._orphans(left, None, pending, orphaned) == []  # type: ignore[arg-type]
+    assert not seen  # a worker may be restarting: wait ORPHAN_S
     monkeypatch.setattr(engine, "ORPHAN_S", 0.0)
-    engine._orphans(eng, None, pending, orphaned)  # type: ignore[arg-type]
-    assert list(pending.values()) == [x86]
+    assert engine._orphans(left, None, pending, orphaned) == ["f1"]  # type: ignore[arg-type]
     assert seen == [(arm.label, "no worker can boot arm64 (none declares boot-arm64) any "
                                 "more: its workers left")]
 

@@ -132,10 +132,7 @@ def test_a_matrix_on_a_scheduler_and_two_workers_survives_losing_one(
         tmp_path: Path, procs: Procs) -> None:
     tls = {"BPFLAB_TLS": str(certificates(tmp_path / "tls"))}
     port = free_port()
-    # Work stealing off: every guest waits for B, the worker they prefer (not building),
-    # so B is sure to be running one when it is killed. The lab leaves stealing on.
-    log = procs.start("scheduler", [str(LAB), "scheduler", "--port", str(port), "--tls"],
-                      {**tls, "DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING": "False"})
+    log = procs.start("scheduler", [str(LAB), "scheduler", "--port", str(port), "--tls"], tls)
     address = wait_for(log, r"tls://127\.0\.0\.1:\d+", 120, procs, "scheduler")
     a = procs.start("A", [str(LAB), "worker", "--scheduler", address, "--name", "A"], tls)
     b_home, b_cache = tmp_path / "B", tmp_path / "B-cache"
@@ -144,41 +141,41 @@ def test_a_matrix_on_a_scheduler_and_two_workers_survives_losing_one(
                     {**tls, "BPFLAB_CACHE": str(b_cache)})
     wait_for(a, "worker A: tls://", 120, procs, "A")
     wait_for(b, "worker B: tls://", 120, procs, "B")
-
-    lab = write_lab(tmp_path / "cluster.yaml", max_boots=10)
     run_dir = tmp_path / "run"
-    out = procs.start("matrix", [str(LAB), "matrix", "--lab", str(lab), "--scheduler",
-                                 address, "--run-dir", str(run_dir)], tls)
-    # the first guest on B done: kill B while it runs its next one
-    wait_for(out, r"guests on B", 1800, procs, "matrix")
-    deadline = time.monotonic() + 300
-    while not list((b_home / "engine").glob("*/guest/console.log")) and \
-            time.monotonic() < deadline:
-        time.sleep(0.5)
-    running = [p.parent.parent.name for p in (b_home / "engine").glob("*/guest/console.log")]
-    assert running and procs.procs["matrix"].poll() is None, out.read_text()[-3000:]
-    procs.kill("B")
-    code = procs.procs["matrix"].wait(timeout=1800)
-    text = out.read_text(errors="replace")
-    assert code == 0, text[-5000:]
 
-    lines = re.findall(r"== \[\d/3\] x86_64 v6\.1\.192 (\S+): built on (\w+)[^,]*, guests on (\w+)",
-                       text)
-    assert sorted(v for v, _, _ in lines) == sorted(TESTS), lines  # every target once
+    # Both workers up: A builds every kernel, B boots while A builds (and takes the
+    # first guest: it is not building), so B's kernels travel from A as bundles.
+    text = matrix(procs, "first", write_lab(tmp_path / "cluster.yaml", max_boots=10),
+                  address, run_dir, tls)
+    lines = placed_lines(text)
     assert all(builder == "A" for _, builder, _ in lines), lines
     assert any(guests == "B" for _, _, guests in lines), lines  # built on A, booted on B
-    # the kernel B booted came from A, as a bundle, into B's own cache
     assert list((b_cache / "kernels").glob("x86_64-*/image")), "no kernel moved to B"
+    all_passed(run_dir)
+
+    # Again with another guest setting (the cached kernels, every guest anew); B takes
+    # the first guest (A is still building the others, from its cache) and is killed
+    # while it runs it: that target runs again on A, and every target is recorded once.
+    out = procs.start("second", [str(LAB), "matrix", "--lab",
+                                 str(write_lab(tmp_path / "cluster2.yaml", max_boots=9)),
+                                 "--scheduler", address, "--run-dir", str(run_dir)], tls)
+    deadline = time.monotonic() + 600
+    while not list((b_home / "engine").glob("*/guest/console.log")) and \
+            time.monotonic() < deadline:
+        assert procs.procs["second"].poll() is None, out.read_text()[-3000:]
+        time.sleep(0.5)
+    running = [p.parent.parent.name for p in (b_home / "engine").glob("*/guest/console.log")]
+    assert running, f"B ran no guest in 600 s:\n{out.read_text()[-3000:]}"
+    procs.kill("B")
+    code = procs.procs["second"].wait(timeout=1800)
+    text = out.read_text(errors="replace")
+    assert code == 0, text[-5000:]
+    lines = placed_lines(text)
     [name] = running  # what B was running when it died ran again on A, whole
     variant = name.split("__")[2].rsplit("-", 1)[0]
     assert (variant, "A") in [(v, g) for v, _, g in lines], (name, lines)
-    merged = (run_dir / "junit.xml").read_text()
-    assert merged.count("<testcase ") == sum(TESTS.values()) + len(TESTS)  # + kernel-health
-    for variant, tests in TESTS.items():
-        meta = json.loads((run_dir / "targets" / f"v6.1.192__x86_64__{variant}" /
-                           "metadata.json").read_text())
-        assert meta["counts"]["pass"] == meta["counts"]["total"] == tests + 1, meta
-    assert not list(run_dir.glob(".incoming/*")), "the coordinator left files half-recorded"
+    assert "its guest worker left; starting it again" in text
+    all_passed(run_dir)
     leftover = subprocess.run(["pgrep", "-f", str(b_home)], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", f"B's QEMU outlived B: {leftover.stdout}"
 
@@ -186,8 +183,8 @@ def test_a_matrix_on_a_scheduler_and_two_workers_survives_losing_one(
     # the result the store held for that target is still there. (Another guest setting,
     # so the target runs again on its cached kernel.)
     before = (run_dir / "targets" / "v6.1.192__x86_64__quick-b" / "metadata.json").read_text()
-    lab2 = write_lab(tmp_path / "cluster2.yaml", max_boots=9)
-    again = procs.start("again", [str(LAB), "matrix", "--lab", str(lab2), "--scheduler",
+    lab3 = write_lab(tmp_path / "cluster3.yaml", max_boots=8)
+    again = procs.start("again", [str(LAB), "matrix", "--lab", str(lab3), "--scheduler",
                                   address, "--run-dir", str(run_dir), "--variant", "quick-b"],
                         tls)
     qemu = wait_for_qemu(procs.procs["A"].pid, 300)
@@ -207,6 +204,36 @@ def test_a_matrix_on_a_scheduler_and_two_workers_survives_losing_one(
     # SIGTERM on a worker: it ends promptly and leaves no QEMU behind
     procs.kill("A", signal.SIGTERM, wait=30)
     assert "worker A: stopped" in a.read_text(errors="replace")
+
+
+def matrix(procs: Procs, name: str, lab: Path, address: str, run_dir: Path,
+           env: dict[str, str]) -> str:
+    """./lab matrix on the cluster to its end: its output, after checking it passed."""
+    out = procs.start(name, [str(LAB), "matrix", "--lab", str(lab), "--scheduler", address,
+                             "--run-dir", str(run_dir)], env)
+    code = procs.procs[name].wait(timeout=3600)
+    text = out.read_text(errors="replace")
+    assert code == 0, text[-5000:]
+    return text
+
+
+def placed_lines(text: str) -> list[tuple[str, str, str]]:
+    """(variant, builder, guest worker) per recorded target; each target exactly once."""
+    lines = re.findall(r"== \[\d/3\] x86_64 v6\.1\.192 (\S+): built on (\w+)[^,]*, "
+                       r"guests on (\w+)", text)
+    assert sorted(v for v, _, _ in lines) == sorted(TESTS), lines
+    return lines
+
+
+def all_passed(run_dir: Path) -> None:
+    """Every target passed every test it ran, and the merged JUnit has each case once."""
+    merged = (run_dir / "junit.xml").read_text()
+    assert merged.count("<testcase ") == sum(TESTS.values()) + len(TESTS)  # + kernel-health
+    for variant, tests in TESTS.items():
+        meta = json.loads((run_dir / "targets" / f"v6.1.192__x86_64__{variant}" /
+                           "metadata.json").read_text())
+        assert meta["counts"]["pass"] == meta["counts"]["total"] == tests + 1, meta
+    assert not list(run_dir.glob(".incoming/*")), "the coordinator left files half-recorded"
 
 
 def wait_for_qemu(parent: int, seconds: float) -> int:

@@ -198,13 +198,16 @@ def test_invoke_report_rebuilds_the_page_from_the_store(
 
 
 def outcomes(run_dir: Path) -> dict[str, Any]:
-    """Per target: each test's status and the kernel reports (test, signature, expected)."""
+    """Per target: each test's status, whether the kernel reported anything and whether
+    every report was expected. Not the signatures themselves: the injected
+    use-after-free is a race, and which access KASAN catches first (a Read or a Write,
+    in array_map_update_elem or in the map's free path) differs from boot to boot."""
     found: dict[str, Any] = {}
     for target in sorted((run_dir / "targets").iterdir()):
         meta = json.loads((target / "metadata.json").read_text())
         found[target.name] = (
             sorted((c.test_id, c.status.value) for c in junit.stored_cases(target / "junit.xml")),
-            sorted({(r["test"] or "", r["signature"], r["expected"]) for r in meta["reports"]}))
+            bool(meta["reports"]), all(r["expected"] for r in meta["reports"]))
     return found
 
 
