@@ -142,7 +142,8 @@ def bisect(session: Session, good: str, bad: str, test: str, arch: str,
                         f"{', '.join(v.name for v in lab.variants)})")
     # the test alone; kernel-health (the lab's own case) needs the whole suites
     one = base if lab_case(test) else replace(base, tests=(test,))
-    result = Bisection(test, lab.arch(arch).name, variant, shas["good"], shas["bad"])
+    column = lab.profile(arch)
+    result = Bisection(test, column.name, variant, shas["good"], shas["bad"])
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{test}__{arch}__{variant}")[:150]
     root = run_dir or lab.workdir / "runs" / f"{lab.path.stem}-bisect" / slug
     scratch = _scratch(session, repo)
@@ -161,7 +162,7 @@ def bisect(session: Session, good: str, bad: str, test: str, arch: str,
         if not sha or "only 'skip'ped commits left" in out:
             result.candidates = tuple(re.findall(r"^([0-9a-f]{40})$", out, re.M))
             break
-        target = Target(describe(ops, repo, sha), lab.arch(arch), one)
+        target = Target.on(describe(ops, repo, sha), column, one)
         t0 = time.monotonic()
         # each repeat in a store of its own: a fresh boot of the cached kernel
         verdicts = [_judge(session, Store(root / f"step-{n}"), target, test, False, seams)
@@ -195,7 +196,7 @@ def _verify(session: Session, repo: Path, b: Bisection, variant: Variant, root: 
         return "unverified: the culprit has no parent to revert to"
     patch.write_text(diff.stdout)
     reverted = replace(variant, name=f"revert-{b.culprit[:12]}", patches=(patch,))
-    target = Target(describe(ops, repo, b.bad), session.lab.arch(b.arch), reverted)
+    target = Target.on(describe(ops, repo, b.bad), session.lab.profile(b.arch), reverted)
     verdict, why = _judge(session, Store(root / "verify"), target, b.test, False, seams)
     if verdict == "good":
         return "verified"

@@ -164,10 +164,11 @@ class Builder:
     def fragments(self) -> list[Path]:
         return list(self.lab.build.fragments)
 
-    def frags_for(self, arch: Arch, series: str = "") -> list[Path]:
-        """The lab's fragments, the arch's, then the series layers (kernels/series.yaml)."""
+    def frags_for(self, arch: Arch, series: str = "", machine: Path | None = None) -> list[Path]:
+        """The lab's fragments, the arch's, the series layers (kernels/series.yaml),
+        then the machine profile's (a KASAN mode, say), which has the last word."""
         layers = [s.fragment for s in self.layers if s.covers(series)]
-        return self.fragments + [arch.fragment] + layers
+        return self.fragments + [arch.fragment] + layers + ([machine] if machine else [])
 
     def jobs(self) -> int:
         return self.lab.build.jobs or os.cpu_count() or 1
@@ -177,17 +178,23 @@ class Builder:
         extra = [target.commit.tree, arch.name, self.lab.build.base,
                  compiler_version(self.ops, arch), str(self.lab.build.ccache),
                  repr(sorted(KBUILD_ENV.items()))]
-        frags = kconfig.fingerprint(self.frags_for(arch, self.series(target)) +
+        frags = kconfig.fingerprint(self.frags_for(arch, self.series(target),
+                                                   target.machine.fragment) +
                                     list(self.patches(target)), extra)
         return f"{arch.name}-{frags}"
 
-    def build_dir(self, arch: Arch, series: str = "") -> Path:
-        """One per arch, base config and kernel series (6.1, 7.3): adjacent commits of
-        a series build incrementally, and a series never inherits another's stale
-        objects (tools/ of 6.1 fail a 7.3 build). A fragment change reconfigures it in
+    def build_dir(self, arch: Arch, series: str = "", flavour: str = "") -> Path:
+        """One per arch, base config, kernel series (6.1, 7.3) and machine profile's
+        fragment: adjacent commits of a series build incrementally, a series never
+        inherits another's stale objects (tools/ of 6.1 fail a 7.3 build), and a KASAN
+        mode never rebuilds the arch's kernel. A lab fragment change reconfigures it in
         place: kbuild rebuilds only what depends on the changed options."""
-        name = f"{arch.name}-{self.lab.build.base}" + (f"-{series}" if series else "")
+        name = f"{arch.name}-{self.lab.build.base}" + (f"-{series}" if series else "") + \
+            (f"-{flavour}" if flavour else "")
         return self.lab.workdir / "build" / name
+
+    def dir_for(self, target: Target) -> Path:
+        return self.build_dir(target.arch, self.series(target), target.machine.flavour)
 
     def series(self, target: Target) -> str:
         """The kernel series of the commit, from its top Makefile (VERSION, PATCHLEVEL)."""
@@ -234,7 +241,7 @@ class Builder:
         if locked:
             shutil.rmtree(done, ignore_errors=True)
         else:
-            bdir = self.build_dir(target.arch, self.series(target))
+            bdir = self.dir_for(target)
             with exclusive(self.build_lock(bdir), str(bdir), wait=False) as held:
                 if held:
                     shutil.rmtree(done, ignore_errors=True)
@@ -246,7 +253,7 @@ class Builder:
         hit = None if force else self._hit(target, key, locked=False)
         if hit:
             return hit
-        bdir = self.build_dir(target.arch, self.series(target))
+        bdir = self.dir_for(target)
         bdir.mkdir(parents=True, exist_ok=True)
         # One build at a time per source checkout: the tree must stay at the commit
         # (and its patches) until make is done, whichever arch is building.
@@ -278,7 +285,8 @@ class Builder:
             if why:
                 return BuildResult(target, Status.FAIL, key, log, errors=(why,))
         progress.set_stage("configure")
-        errors = self._configure(target.arch, bdir, log, self.series(target))
+        errors = self._configure(target.arch, bdir, log, self.series(target),
+                                 target.machine.fragment)
         if errors:
             progress.finish(f"config error: {'; '.join(errors)}")
             return BuildResult(target, Status.FAIL, key, log, errors=tuple(errors))
@@ -325,7 +333,8 @@ class Builder:
             return ""
         return self.ops.run(["ccache", *args], env=self._env(), check=False, quiet=True).stdout
 
-    def _configure(self, arch: Arch, bdir: Path, log: Path, series: str = "") -> list[str]:
+    def _configure(self, arch: Arch, bdir: Path, log: Path, series: str = "",
+                   machine: Path | None = None) -> list[str]:
         """base config + fragments (merge_config.sh) + olddefconfig, then check every
         requested option; returns what went wrong. An unchanged .config keeps its
         mtime, so a reconfigure alone causes no rebuild."""
@@ -333,7 +342,7 @@ class Builder:
         old = (dot.read_bytes(), dot.stat()) if dot.exists() else None
         src = self.checkout.path
         make = make_argv(arch, src, bdir, self.jobs(), self.lab.build.ccache)
-        frags = self.frags_for(arch, series)
+        frags = self.frags_for(arch, series, machine)
         steps = [make + [self.lab.build.base],
                  [str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(bdir),
                   str(dot), *map(str, frags)],

@@ -18,6 +18,7 @@ from harness.yamlfile import Table, join, read_yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
 ARCHES_FILE = PROJECT / "kernels" / "arches.yaml"
+PROFILES_FILE = PROJECT / "kernels" / "profiles.yaml"
 DEFAULT_LAB = PROJECT / "lab.yaml"
 CACHE_ENV = "BPFLAB_CACHE"
 
@@ -76,6 +77,38 @@ class Arch:
     def cross_prefix(self) -> str:
         """CROSS_COMPILE for this host: empty when building natively."""
         return "" if self.is_native else self.cross_compile
+
+
+MEMORY_RE = re.compile(r"[1-9][0-9]*[MG]")
+MAX_VCPUS = 64
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A machine the suites run on: an arch, QEMU's machine and CPU with their options,
+    vCPUs, memory, what the kernel command line adds, and the Kconfig fragment its
+    kernel needs (None: the arch's kernel as it is; profiles needing the same fragment
+    share their builds). The arch's own profile is named after the arch."""
+
+    name: str
+    arch: Arch
+    machine: str  # QEMU -machine, options included: "virt,mte=on"
+    cpu: str
+    smp: int = 2
+    memory: str = "2G"
+    cmdline: tuple[str, ...] = ()
+    fragment: Path | None = None
+    why: str = ""
+
+    @property
+    def flavour(self) -> str:
+        """What the profile's kernel differs by ("" none): its build directory's
+        suffix, so that a profile's kernel never reconfigures the arch's."""
+        return self.fragment.stem if self.fragment else ""
+
+
+def default_profile(arch: Arch) -> Profile:
+    return Profile(arch.name, arch, arch.machine, arch.cpu)
 
 
 @dataclass(frozen=True)
@@ -191,9 +224,23 @@ class Lab:
     # ./lab nightly's history database: a SQLAlchemy URL (postgresql+pg8000://...);
     # "" is SQLite in the workdir
     history: str = ""
+    # The matrix's columns beside the arch: each arch's own profile, then the lab's
+    # `profiles:` (kernels/profiles.yaml); () is each arch's own profile.
+    profiles: tuple[Profile, ...] = ()
 
     def arch(self, name: str) -> Arch:
         return find_arch(self.arches, name, str(self.path), "--arch")
+
+    @property
+    def columns(self) -> tuple[Profile, ...]:
+        return self.profiles or tuple(default_profile(a) for a in self.arches)
+
+    def profile(self, name: str) -> Profile:
+        """A column by its profile's name, or an arch's own profile by the arch's."""
+        for p in self.columns:
+            if p.name == name:
+                return p
+        return default_profile(self.arch(name))
 
 
 def _count(t: Table, name: str, default: int, lo: int, hi: int, what: str) -> int:
@@ -473,7 +520,8 @@ def _variants(top: Table, base: Path, arches: tuple[Arch, ...]) -> tuple[Variant
     return tuple(out)
 
 
-def load_lab(path: Path = DEFAULT_LAB, arches_file: Path = ARCHES_FILE) -> Lab:
+def load_lab(path: Path = DEFAULT_LAB, arches_file: Path = ARCHES_FILE,
+             profiles_file: Path = PROFILES_FILE) -> Lab:
     path = path.resolve()
     raw, numbers = read_yaml(path, "lab file")
     file, base = str(path), path.parent
@@ -483,8 +531,8 @@ def load_lab(path: Path = DEFAULT_LAB, arches_file: Path = ARCHES_FILE) -> Lab:
     workdir = Path(os.path.normpath(workdir if workdir.is_absolute() else base / workdir))
     source = _source(top.sub("source"), base)
     names = top.strings("arches", ("x86_64",))
-    if not names:
-        raise ConfigError(file, "arches", "at least one arch")
+    if not names and not top.data.get("profiles"):
+        raise ConfigError(file, "arches", "at least one arch (or profiles:)")
     arches = tuple(find_arch(known, n, file, f"arches[{i}]") for i, n in enumerate(names))
     build = _build(top.sub("build"), base)
     variants = _variants(top, base, arches)
@@ -492,8 +540,78 @@ def load_lab(path: Path = DEFAULT_LAB, arches_file: Path = ARCHES_FILE) -> Lab:
     limits = _limits(top.sub("limits"))
     noise = _known_reports(top)
     history = top.take("history", str, "")
+    profiles = _profiles(top, arches, known, profiles_file)
     top.done()
-    return Lab(path, workdir, source, arches, build, variants, guest, limits, noise, history)
+    arches = tuple(dict.fromkeys([*arches, *(p.arch for p in profiles)]))
+    return Lab(path, workdir, source, arches, build, variants, guest, limits, noise, history,
+               profiles)
+
+
+def _profiles(top: Table, arches: tuple[Arch, ...], known: tuple[Arch, ...],
+              path: Path) -> tuple[Profile, ...]:
+    """The lab's `profiles:` (names in the profiles file) after each arch's own; ()
+    when the lab names none."""
+    names = top.strings("profiles")
+    if not names:
+        return ()
+    shipped = load_profiles(path, known)
+    chosen = [default_profile(a) for a in arches]
+    for i, name in enumerate(names):
+        if name not in shipped:
+            raise ConfigError(top.file, f"profiles[{i}]", f"a profile of {path} "
+                              f"(one of: {', '.join(shipped)}), got {name!r}")
+        if any(p.name == name for p in chosen):
+            raise ConfigError(top.file, f"profiles[{i}]", f"each profile once, got {name!r} "
+                              "again (an arch in arches: brings its own profile)")
+        chosen.append(shipped[name])
+    return tuple(chosen)
+
+
+def _words(t: Table, name: str, also_bad: str) -> tuple[str, ...]:
+    words = t.strings(name)
+    for j, word in enumerate(words):
+        if not word or any(c.isspace() or c in also_bad for c in word):
+            bad = "spaces" + (f" or {also_bad!r}" if also_bad else "")
+            raise ConfigError(t.file, f"{t.key(name)}[{j}]", f"one argument without {bad}, "
+                              f"got {word!r}")
+    return words
+
+
+def load_profiles(path: Path = PROFILES_FILE,
+                  arches: tuple[Arch, ...] | None = None) -> dict[str, Profile]:
+    """kernels/profiles.yaml: each machine profile by name, validated with file:key."""
+    arches = arches if arches is not None else load_arches()
+    raw, numbers = read_yaml(path, "profiles file")
+    top = Table(raw, str(path), "", numbers)
+    found: dict[str, Profile] = {}
+    for name in list(top.data):
+        t = top.sub(str(name))
+        if not NAME_RE.fullmatch(str(name)):
+            raise ConfigError(t.file, str(name), "a name of letters, digits, '.', '_', '-'")
+        arch = find_arch(arches, t.take("arch", str, required=True), t.file, t.key("arch"))
+        base = default_profile(arch)
+        machine, cpu = t.take("machine", str, base.machine), t.take("cpu", str, base.cpu)
+        options = _words(t, "machine_options", ",")  # key=value, after the machine type
+        cmdline = _words(t, "cmdline", "")
+        smp = _count(t, "smp", base.smp, 1, MAX_VCPUS, f"vCPUs 1..{MAX_VCPUS}")
+        memory = t.take("memory", str, base.memory)
+        if not MEMORY_RE.fullmatch(memory):
+            raise ConfigError(t.file, t.key("memory"), f"QEMU memory such as 2G or 512M, "
+                              f"got {memory!r}")
+        fragment = t.take("fragment", str)
+        frag_path = path.parent / fragment if fragment else None
+        if frag_path is not None and not frag_path.is_file():
+            raise ConfigError(t.file, t.key("fragment"), f"an existing Kconfig fragment, "
+                              f"but {frag_path} does not exist")
+        why = t.take("why", str, "")
+        t.done()
+        profile = Profile(str(name), arch, ",".join([machine, *options]), cpu, smp, memory,
+                          cmdline, frag_path, why)
+        if str(name) == arch.name and replace(profile, why="") != base:
+            raise ConfigError(t.file, str(name), "the arch's own profile, as arches.yaml "
+                              "gives it: another name for another machine")
+        found[str(name)] = profile
+    return found
 
 
 def _known_reports(top: Table) -> tuple[KnownReport, ...]:

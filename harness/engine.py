@@ -161,13 +161,14 @@ def _close(client: Any, cluster: Any) -> None:
 
 def place_builds(todo: list[Target], series: Callable[[Target], str],
                  workers: list[WorkerInfo]) -> dict[Target, str]:
-    """Each (arch, series) walk of adjacent commits to one builder (its build directory
-    stays warm, builds stay incremental); a walk is cut into contiguous pieces while
-    builders would otherwise sit idle; the biggest pieces go first to the least loaded."""
-    walks: dict[tuple[str, str], list[Target]] = {}
+    """Each (arch, series, profile fragment) walk of adjacent commits to one builder
+    (its build directory stays warm, builds stay incremental); a walk is cut into
+    contiguous pieces while builders would otherwise sit idle; the biggest pieces go
+    first to the least loaded."""
+    walks: dict[tuple[str, str, str], list[Target]] = {}
     for t in todo:
-        walks.setdefault((t.arch.name, series(t)), []).append(t)
-    chunks = [(arch, ts) for (arch, _), ts in walks.items()]
+        walks.setdefault((t.arch.name, series(t), t.machine.flavour), []).append(t)
+    chunks = [(arch, ts) for (arch, _, _), ts in walks.items()]
     builders = [w for w in workers if any(k.startswith("build-") for k in w.resources)]
     while len(chunks) < len(builders):  # an idle builder: halve the longest walk it can take
         able = {a: sum(w.can(f"build-{a}") for w in workers) for a, _ in chunks}

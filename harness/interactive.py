@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.boot import BootedGuest, boot, prepare_kit
@@ -19,6 +19,7 @@ from harness.main import Session
 from harness.model import Selection, Target, TaskResult, Verdict
 from harness.ssh import Endpoint, GuestSSH
 from harness.model import Status
+from harness.qemu import machine_of
 from harness.results import write_json
 
 
@@ -71,7 +72,9 @@ def boot_task(session: Session, arch: str, commit: str | None, variant: str,
         print("\n".join((f"build failed: {result.log}", *result.errors)))
         return TaskResult(Verdict.FAILED)
     kit = prepare_kit(session.lab.workdir, target.arch, result.image, settings, session.ops)
-    with boot(kit, result.image, settings, ops=session.ops) as guest:
+    settings = replace(settings, cmdline_extra=settings.cmdline_extra + target.machine.cmdline)
+    with boot(kit, result.image, settings, ops=session.ops,
+              machine=machine_of(target.machine)) as guest:
         o = guest.outcome
         print(f"boot: {o.state.value} ({o.reason}); accel {o.accel}, first output "
               f"{_secs(o.first_output_s)}, ssh {_secs(o.ssh_ready_s)}, kernel "
@@ -84,7 +87,7 @@ def boot_task(session: Session, arch: str, commit: str | None, variant: str,
         try:
             return _use(guest, reach, command, wait)
         finally:
-            (guests_dir(session) / f"{arch}.json").unlink(missing_ok=True)
+            (guests_dir(session) / f"{target.column}.json").unlink(missing_ok=True)
 
 
 def _secs(value: float | None) -> str:
@@ -95,14 +98,14 @@ def _publish(session: Session, target: Target, guest: BootedGuest) -> Reach:
     where = guests_dir(session)
     where.mkdir(parents=True, exist_ok=True)
     port = guest.ssh.endpoint.port
-    known = where / f"{target.arch.name}.known_hosts"
+    known = where / f"{target.column}.known_hosts"
     known.write_text(known_hosts_line(port, guest.rootfs.host_key))
-    reach = Reach(target.arch.name, target.label, port, guest.rootfs.lab_key.private,
+    reach = Reach(target.column, target.label, port, guest.rootfs.lab_key.private,
                   guest.rootfs.host_key, known, guest.guest.pid, guest.outcome.console_log)
-    write_json(where / f"{target.arch.name}.json",
+    write_json(where / f"{target.column}.json",
                {k: str(v) if isinstance(v, Path) else v for k, v in reach.__dict__.items()})
     print(f"guest {target.label} on 127.0.0.1:{port}; from another terminal: "
-          f"./lab ssh --arch {target.arch.name}", flush=True)
+          f"./lab ssh --arch {target.column}", flush=True)
     return reach
 
 

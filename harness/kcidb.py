@@ -59,7 +59,7 @@ def export(store: Store, targets: Sequence[Target], branch: str = "",
                else {}),
             **({"git_repository_branch": branch} if branch else {}),
             "valid": True})
-        build = _id(sha[:12], target.arch.name, target.variant.name)
+        build = _id(sha[:12], target.column, target.variant.name)
         built = outcome.stages.get(Stage.BUILD)
         builds.append({"id": build, "origin": ORIGIN, "checkout_id": checkout,
                        "architecture": target.arch.name,
@@ -74,7 +74,7 @@ def export(store: Store, targets: Sequence[Target], branch: str = "",
         except JUnitError:
             cases = []
         for n, case in enumerate(cases):
-            tests.append({"id": _id(sha[:12], target.arch.name, target.variant.name, str(n)),
+            tests.append({"id": _id(sha[:12], target.column, target.variant.name, str(n)),
                           "origin": ORIGIN, "build_id": build,
                           "path": test_path(case.test_id, case.suite),
                           "status": STATUS[case.status], "duration": float(case.duration),

@@ -57,7 +57,9 @@ def fingerprint(builder: Builder, target: Target, shared: bytes, session: Sessio
     v = target.variant
     h.update(repr((v.reverts, v.backports, v.expect_reports, v.tests,
                    session.lab.known_reports)).encode())
-    h.update(json.dumps([asdict(session.lab.guest), asdict(session.lab.limits)],
+    m = target.machine
+    h.update(json.dumps([asdict(session.lab.guest), asdict(session.lab.limits),
+                         [m.machine, m.cpu, m.smp, m.memory, list(m.cmdline)]],
                         sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 

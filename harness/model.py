@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from harness.errors import UserError
 
 if TYPE_CHECKING:
-    from harness.config import Arch, Lab, Variant
+    from harness.config import Arch, Lab, Profile, Variant
 
 # metadata.json's layout; an older or foreign one is redone, never read half-way
 SCHEMA = 2
@@ -75,10 +75,28 @@ class Target:
     commit: Commit
     arch: "Arch"
     variant: "Variant"
+    profile: "Profile | None" = None  # None: the arch's own machine
+
+    @classmethod
+    def on(cls, commit: Commit, profile: "Profile", variant: "Variant") -> "Target":
+        """commit's variant on a machine profile (an arch's own one: profile None)."""
+        own = profile.name == profile.arch.name
+        return cls(commit, profile.arch, variant, None if own else profile)
+
+    @property
+    def column(self) -> str:
+        """The matrix column: the profile's name, which for an arch's own profile is
+        the arch's (so labels, store keys and JUnit names of such targets stay)."""
+        return self.profile.name if self.profile else self.arch.name
+
+    @property
+    def machine(self) -> "Profile":
+        from harness.config import default_profile
+        return self.profile or default_profile(self.arch)
 
     @property
     def label(self) -> str:
-        return f"{self.arch.name} {self.commit.name} {self.variant.name}"
+        return f"{self.column} {self.commit.name} {self.variant.name}"
 
 
 @dataclass(frozen=True)
@@ -104,15 +122,19 @@ class Selection:
         return found
 
     def targets(self, lab: "Lab", commits: list[Commit]) -> list[Target]:
-        arches = [lab.arch(self.arch)] if self.arch else list(lab.arches)
+        columns = list(lab.columns)
+        if self.arch:
+            columns = [p for p in columns if self.arch == p.name] or \
+                [p for p in columns if p.arch == lab.arch(self.arch)]
         variants = [v for v in lab.variants if self.variant in (None, v.name)]
         if not variants:
             names = ", ".join(v.name for v in lab.variants)
             raise UserError(f"--variant {self.variant}: not a variant of {lab.path.name} "
                             f"(choices: {names})")
         chosen = self.commits(commits)
-        found = [Target(c, a, v) for c in chosen for a in arches for v in variants
-                 if (not v.arches or a.name in v.arches) and v.runs_on(c.series)]
+        found = [Target.on(c, p, v) for c in chosen for p in columns for v in variants
+                 if (not v.arches or p.arch.name in v.arches or p.name in v.arches)
+                 and v.runs_on(c.series)]
         if self.labels:
             unknown = sorted(set(self.labels) - {t.label for t in found})
             if unknown:
@@ -124,7 +146,7 @@ class Selection:
                      f"{', '.join(v.series) or 'any'}" for v in variants]
             kernels = [f"{c.name} ({c.series or 'series unknown'})" for c in chosen]
             raise UserError(f"no target is left: {'; '.join(where)}; asked for "
-                            f"{', '.join(a.name for a in arches)} on {', '.join(kernels)}")
+                            f"{', '.join(p.name for p in columns)} on {', '.join(kernels)}")
         return found
 
 
@@ -166,6 +188,12 @@ class TargetOutcome:
     reports: tuple[ReportRef, ...] = ()
     reports_not_kept: int = 0  # repeats of one (signature, test) beyond the kept ones
     boots: int = 0
+    profile: str = ""  # the machine profile, "" for the arch's own
+
+    @property
+    def column(self) -> str:
+        """The matrix column: the profile, or the arch for the arch's own profile."""
+        return self.profile or self.arch
 
     @property
     def status(self) -> Status:
@@ -202,7 +230,7 @@ class TargetOutcome:
             outcome = cls(**raw)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not an outcome: {exc}") from exc
-        for name in ("commit", "name", "arch", "variant", "fingerprint"):
+        for name in ("commit", "name", "arch", "variant", "fingerprint", "profile"):
             if not isinstance(getattr(outcome, name), str):
                 raise ValueError(f"{name}: not a string")
         return outcome

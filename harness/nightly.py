@@ -102,7 +102,7 @@ def _results(store: Store, targets: Sequence[Target]) -> tuple[list[Result], lis
     results, seen = [], []
     for target in targets:
         where = store.target_dir(target)
-        key = (target.commit.sha, target.arch.name, target.variant.name)
+        key = (target.commit.sha, target.column, target.variant.name)
         try:
             outcome = load_outcome(where / "metadata.json")
         except ValueError:
@@ -154,7 +154,7 @@ def _retry(session: Session, run_dir: Path, head: list[Target],
         by_target.setdefault((arch, variant), []).append(test)
     targets = []
     for t in head:
-        tests = by_target.get((t.arch.name, t.variant.name))
+        tests = by_target.get((t.column, t.variant.name))
         if tests:  # the lab's own cases (kernel-health) need the whole suites again
             share = () if any(lab_case(x) for x in tests) else tuple(tests)
             targets.append(replace(t, variant=replace(t.variant, tests=share)))

@@ -20,6 +20,7 @@ from harness.junit import Case
 from harness.model import ReportRef, Stage, Status, Target, TargetOutcome, worst
 from harness.ops import Ops
 from harness.progress import fmt_secs
+from harness.qemu import machine_of
 from harness.results import write_atomic
 from harness.ssh import SSHError
 from harness.store import Store, counts
@@ -149,8 +150,8 @@ def run_guest(ctx: Guests, target: Target, build: BuildResult, tdir: Path,
         if boots:
             print(f"   a fresh boot for {rounds.left()} more test run(s)", flush=True)
         try:
-            record, end, secs = _one_boot(ctx, kit, build.image, tdir, len(boots) + 1, rounds,
-                                          setup)
+            record, end, secs = _one_boot(ctx, target, kit, build.image, tdir,
+                                          len(boots) + 1, rounds, setup)
         except LabError as exc:  # the lab, not the kernel: no further boot
             why = lab_error = f"boot {len(boots) + 1}: lab error: {exc}"
             break
@@ -177,11 +178,13 @@ def _stop_why(boots: list[BootRecord], end: BootEnd | None) -> str:
     return ""
 
 
-def _one_boot(ctx: Guests, kit: GuestKit, image: Path, tdir: Path, number: int,
-              rounds: Rounds, setup: Install) -> tuple[BootRecord, BootEnd | None, float]:
-    settings, limits = ctx.lab.guest, ctx.lab.limits
+def _one_boot(ctx: Guests, target: Target, kit: GuestKit, image: Path, tdir: Path,
+              number: int, rounds: Rounds,
+              setup: Install) -> tuple[BootRecord, BootEnd | None, float]:
+    profile, limits = target.machine, ctx.lab.limits
+    settings = replace(ctx.lab.guest, cmdline_extra=ctx.lab.guest.cmdline_extra + profile.cmdline)
     name = "guest" if number == 1 else f"guest-{number}"
-    with ctx.boot(kit, image, settings, tdir / name) as guest:
+    with ctx.boot(kit, image, settings, tdir / name, machine_of(profile)) as guest:
         o = guest.outcome
         ready = f" after {o.ssh_ready_s:.1f} s" if o.ssh_ready_s else f": {o.reason}"
         print(f"   boot {number} ({o.accel}): {o.state.value}{ready}", flush=True)
@@ -257,7 +260,8 @@ def commits_text(lab: Lab, ops: Ops, table: Sequence[commits.Upstream], target: 
 
 
 def _env(target: Target) -> dict[str, str]:
-    return {"BPFLAB_ARCH": target.arch.name, "BPFLAB_COMMIT": target.commit.sha,
+    return {"BPFLAB_ARCH": target.arch.name, "BPFLAB_PROFILE": target.column,
+            "BPFLAB_COMMIT": target.commit.sha,
             "BPFLAB_VARIANT": target.variant.name}
 
 
@@ -288,9 +292,10 @@ def collect(ctx: Context, target: Target, build: BuildResult, run: GuestRun, tdi
     refs = ctx.store.save_reports(target, pairs, [junit.is_expected(r, expected) or
                                                   junit.is_known(r, known) for _, r in pairs])
     write_atomic(tdir / "suites.log", run.log)
-    junit.write(tied, f"{target.arch.name}/{target.commit.name}/{target.variant.name}",
+    junit.write(tied, f"{target.column}/{target.commit.name}/{target.variant.name}",
                 {"commit": target.commit.sha, "commit_name": target.commit.name,
                  "arch": target.arch.name, "variant": target.variant.name,
+                 **({"profile": target.profile.name} if target.profile else {}),
                  "kernel_release": str(build.meta.get("kernel_release", ""))},
                 tdir / "junit.xml")
     stages = _stages(run, ready, tied)
@@ -341,6 +346,7 @@ def _outcome(ctx: Context, target: Target, stages: dict[Stage, Status], *,
     return TargetOutcome(commit=target.commit.sha, name=target.commit.name,
                          subject=target.commit.subject, arch=target.arch.name,
                          variant=target.variant.name, order=ctx.order[target.commit.sha],
+                         profile=target.profile.name if target.profile else "",
                          fingerprint=ctx.fingerprints[target], stages=stages,
                          kernel_release=kernel_release, accel=accel, exit_reason=exit_reason,
                          reason=reason, errors=errors, durations=durations or {},

@@ -12,9 +12,9 @@ from harness.ops import Ops
 
 
 def describe(targets_: list[Target]) -> str:
-    rows = [f"{t.commit.name:<16} {t.commit.short:<12}  {t.arch.name:<7} {t.variant.name:<12} "
+    rows = [f"{t.commit.name:<16} {t.commit.short:<12}  {t.column:<7} {t.variant.name:<12} "
             f"{t.commit.subject[:60]}" for t in targets_]
-    return "\n".join([f"{len(targets_)} targets (commit x arch x variant):", *rows])
+    return "\n".join([f"{len(targets_)} targets (commit x arch/profile x variant):", *rows])
 
 
 def plan_text(lab: Lab, ops: Ops, selection: Selection) -> str:

@@ -1,6 +1,7 @@
 """QEMU command lines as pure functions of the Arch record, plus free-port picking.
 
-The machine profile (machine, cpu, console) is data in kernels/arches.yaml; every
+The machine (type, cpu, vCPUs, memory) is data: the arch's in kernels/arches.yaml,
+a profile's in kernels/profiles.yaml; every
 device here is virtio-pci, which both q35 and virt provide, so adding an arch
 means adding a record, not code."""
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from harness.config import ACCEL_ARGS, INIT_PATHS, Arch
+from harness.config import ACCEL_ARGS, INIT_PATHS, Arch, Profile
 from harness.errors import UserError
 
 LEAN_INIT = INIT_PATHS["lean"]
@@ -30,6 +31,15 @@ class Machine:
     smp: int = 2
     memory: str = "2G"
     firmware: Path | None = None  # None: QEMU's default for the machine type
+    type: str = ""  # QEMU -machine with its options; "" the arch's (arches.yaml)
+    cpu: str = ""  # "" the arch's
+
+
+def machine_of(profile: Profile) -> Machine:
+    """The guest a machine profile describes, with this host's fast firmware."""
+    path = FAST_FIRMWARE.get(profile.machine.split(",")[0])
+    return Machine(profile.smp, profile.memory, path if path and path.is_file() else None,
+                   profile.machine, profile.cpu)
 
 
 def fast_firmware(arch: Arch) -> Path | None:
@@ -70,7 +80,8 @@ def qemu_argv(arch: Arch, kernel: Path, rootfs: Path | None, *, ssh_port: int,
     display are off, QMP listens on a unix socket for a clean 'quit'."""
     argv = [arch.qemu_binary, "-nodefaults", "-no-reboot", "-display", "none",
             "-monitor", "none",
-            "-machine", arch.machine, "-cpu", arch.cpu, "-accel", accel_arg(accel),
+            "-machine", machine.type or arch.machine, "-cpu", machine.cpu or arch.cpu,
+            "-accel", accel_arg(accel),
             "-smp", str(machine.smp), "-m", machine.memory,
             *(["-bios", str(machine.firmware)] if machine.firmware else []),
             "-kernel", str(kernel),

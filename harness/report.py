@@ -30,7 +30,7 @@ class Cell:
 
     @property
     def column(self) -> str:
-        return f"{self.outcome.arch}/{self.outcome.variant}"
+        return f"{self.outcome.column}/{self.outcome.variant}"
 
     def short(self) -> str:
         """A glance: 'build fail', 'boot panic', '31/32 pass, 1 bad [2 reports]'."""
@@ -137,7 +137,8 @@ def signatures(cells: list[Cell]) -> list[dict[str, object]]:
 def summary(cells: list[Cell], trans: list[dict[str, str | None]],
             reports: list[dict[str, object]]) -> dict[str, object]:
     return {"targets": [{"commit": c.outcome.commit, "name": c.outcome.name,
-                         "arch": c.outcome.arch, "variant": c.outcome.variant,
+                         "arch": c.outcome.arch, "profile": c.outcome.column,
+                         "variant": c.outcome.variant,
                          "status": c.outcome.status.value,
                          "stages": {k.value: v.value for k, v in c.outcome.stages.items()},
                          "reason": c.outcome.reason, "counts": c.outcome.counts,

@@ -28,7 +28,7 @@ class RunDirBusy(LabError):
 def target_dirname(target: Target) -> str:
     """By tag when the commit has one (stable across re-imports), else short sha."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", target.commit.name)
-    return f"{name}__{target.arch.name}__{target.variant.name}"
+    return f"{name}__{target.column}__{target.variant.name}"
 
 
 def load_outcome(path: Path) -> TargetOutcome:
@@ -83,7 +83,7 @@ class Store:
                 found.append((meta.parent, load_outcome(meta)))
             except ValueError as exc:
                 print(f"store: {meta}: {exc}: left out (a matrix run redoes it)", flush=True)
-        return sorted(found, key=lambda p: (p[1].order, p[1].arch, p[1].variant))
+        return sorted(found, key=lambda p: (p[1].order, p[1].column, p[1].variant))
 
     @contextmanager
     def lock(self) -> Iterator[None]:

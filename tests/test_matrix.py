@@ -159,12 +159,14 @@ class Guests:
     scripts: list[Script] = field(default_factory=lambda: [Script()])
     boots: list[Path] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    machines: list[tuple[object, tuple[str, ...]]] = field(default_factory=list)
 
     @contextmanager
     def __call__(self, kit: GuestKit, kernel: Path, settings: GuestSettings,
-                 run_dir: Path) -> Iterator[FakeBooted]:
+                 run_dir: Path, machine: object = None) -> Iterator[FakeBooted]:
         script = self.scripts[min(len(self.boots), len(self.scripts) - 1)]
         self.boots.append(run_dir)
+        self.machines.append((machine, settings.cmdline_extra))
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(CLEAN_BOOT, run_dir / "console.log")
         yield FakeBooted(run_dir, script, self.commands)
@@ -333,7 +335,7 @@ def test_an_interrupted_run_keeps_finished_targets_and_resumes(session: Session,
 
         @contextmanager
         def __call__(self, kit: GuestKit, kernel: Path, settings: GuestSettings,
-                     run_dir: Path) -> Iterator[FakeBooted]:
+                     run_dir: Path, machine: object = None) -> Iterator[FakeBooted]:
             if len(self.boots) == 2:
                 os.kill(os.getpid(), signal.SIGINT)
                 threading.Event().wait(3)  # the boot the interrupt cuts short
@@ -453,10 +455,10 @@ def test_a_lab_error_on_a_fresh_boot_keeps_what_ran_and_names_the_rest(
     real = guests.__call__
 
     def second_fails(kit: GuestKit, kernel: Path, settings: GuestSettings,
-                     run_dir: Path) -> object:
+                     run_dir: Path, machine: object = None) -> object:
         if guests.boots:
             raise LabError("QEMU could not bind a forwarding port in 3 tries")
-        return real(kit, kernel, settings, run_dir)
+        return real(kit, kernel, settings, run_dir, machine)
     result = run(session, tmp_path, second_fails, ONE)  # type: ignore[arg-type]
     assert result.verdict is Verdict.LAB  # the lab could not run a boot: exit 2
     m = meta(tmp_path)
