@@ -14,7 +14,8 @@ from harness.ops import Ops
 def describe(targets_: list[Target]) -> str:
     rows = [f"{t.commit.name:<16} {t.commit.short:<12}  {t.column:<7} {t.variant.name:<12} "
             f"{t.commit.subject[:60]}" for t in targets_]
-    return "\n".join([f"{len(targets_)} targets (commit x arch/profile x variant):", *rows])
+    column = "profile" if any(t.profile for t in targets_) else "arch"
+    return "\n".join([f"{len(targets_)} targets (commit x {column} x variant):", *rows])
 
 
 def plan_text(lab: Lab, ops: Ops, selection: Selection) -> str:
