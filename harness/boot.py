@@ -128,7 +128,8 @@ class BootFn(Protocol):
     """The seam to QEMU and SSH (tests put a recorded guest here)."""
 
     def __call__(self, kit: GuestKit, kernel: Path, settings: GuestSettings,
-                 run_dir: Path, machine: Machine | None = None) -> ContextManager[BootedGuest]: ...
+                 run_dir: Path, *,
+                 machine: Machine | None = None) -> ContextManager[BootedGuest]: ...
 
 
 def new_run_dir(workdir: Path, arch: Arch) -> Path:

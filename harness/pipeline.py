@@ -184,7 +184,7 @@ def _one_boot(ctx: Guests, target: Target, kit: GuestKit, image: Path, tdir: Pat
     profile, limits = target.machine, ctx.lab.limits
     settings = replace(ctx.lab.guest, cmdline_extra=ctx.lab.guest.cmdline_extra + profile.cmdline)
     name = "guest" if number == 1 else f"guest-{number}"
-    with ctx.boot(kit, image, settings, tdir / name, machine_of(profile)) as guest:
+    with ctx.boot(kit, image, settings, tdir / name, machine=machine_of(profile)) as guest:
         o = guest.outcome
         ready = f" after {o.ssh_ready_s:.1f} s" if o.ssh_ready_s else f": {o.reason}"
         print(f"   boot {number} ({o.accel}): {o.state.value}{ready}", flush=True)

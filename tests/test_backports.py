@@ -80,7 +80,7 @@ class Kernels:
 
     @contextmanager
     def __call__(self, kit: GuestKit, kernel: Path, settings: GuestSettings,
-                 run_dir: Path, machine: object = None) -> Iterator[FakeBooted]:
+                 run_dir: Path, *, machine: object = None) -> Iterator[FakeBooted]:
         fixed = FIXED_LINE.strip() in _built_source(kernel)
         self.boots.append(f"{run_dir.parent.name} fixed={fixed}")
         run_dir.mkdir(parents=True, exist_ok=True)

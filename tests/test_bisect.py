@@ -28,7 +28,7 @@ class ByKernel(Guests):
 
     @contextmanager
     def __call__(self, kit: GuestKit, kernel: Path, settings: GuestSettings,
-                 run_dir: Path, machine: object = None) -> Iterator[FakeBooted]:
+                 run_dir: Path, *, machine: object = None) -> Iterator[FakeBooted]:
         broken = BROKEN in (kernel.parent / "vmlinux").read_text()
         self.scripts = [Script(fail=(PY[0],)) if broken else Script()]
         with super().__call__(kit, kernel, settings, run_dir) as booted:

@@ -163,7 +163,7 @@ class Guests:
 
     @contextmanager
     def __call__(self, kit: GuestKit, kernel: Path, settings: GuestSettings,
-                 run_dir: Path, machine: object = None) -> Iterator[FakeBooted]:
+                 run_dir: Path, *, machine: object = None) -> Iterator[FakeBooted]:
         script = self.scripts[min(len(self.boots), len(self.scripts) - 1)]
         self.boots.append(run_dir)
         self.machines.append((machine, settings.cmdline_extra))
@@ -335,7 +335,7 @@ def test_an_interrupted_run_keeps_finished_targets_and_resumes(session: Session,
 
         @contextmanager
         def __call__(self, kit: GuestKit, kernel: Path, settings: GuestSettings,
-                     run_dir: Path, machine: object = None) -> Iterator[FakeBooted]:
+                     run_dir: Path, *, machine: object = None) -> Iterator[FakeBooted]:
             if len(self.boots) == 2:
                 os.kill(os.getpid(), signal.SIGINT)
                 threading.Event().wait(3)  # the boot the interrupt cuts short
@@ -455,10 +455,10 @@ def test_a_lab_error_on_a_fresh_boot_keeps_what_ran_and_names_the_rest(
     real = guests.__call__
 
     def second_fails(kit: GuestKit, kernel: Path, settings: GuestSettings,
-                     run_dir: Path, machine: object = None) -> object:
+                     run_dir: Path, *, machine: object = None) -> object:
         if guests.boots:
             raise LabError("QEMU could not bind a forwarding port in 3 tries")
-        return real(kit, kernel, settings, run_dir, machine)
+        return real(kit, kernel, settings, run_dir, machine=machine)
     result = run(session, tmp_path, second_fails, ONE)  # type: ignore[arg-type]
     assert result.verdict is Verdict.LAB  # the lab could not run a boot: exit 2
     m = meta(tmp_path)
@@ -491,3 +491,27 @@ def test_an_unexpected_exception_is_exit_2_with_the_traceback_in_a_log(tmp_path:
     log = Path(message.rsplit("traceback in ", 1)[1].rstrip(")"))
     assert "No space left on device" in log.read_text()
     log.unlink()
+
+
+def test_a_profile_is_a_column_of_its_own_booted_on_its_machine(
+        fake_tree: Path, tmp_path: Path) -> None:
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(f"workdir: {tmp_path / 'work'}\n"
+                   f"source: {{git: {fake_tree}, commits: [v1]}}\n"
+                   "arches: [x86_64]\nprofiles: [x86_64-1cpu]\n"
+                   "build: {ccache: false, jobs: 1}\nguest: {max_boots: 4}\n")
+    session = Session(load_lab(lab), Ops(verbose=False))
+    guests = Guests()
+    assert run(session, tmp_path, guests).verdict is Verdict.OK
+    targets = sorted(p.name for p in (tmp_path / "run/targets").iterdir())
+    assert targets == ["v1__x86_64-1cpu__base", "v1__x86_64__base"]
+    one = meta(tmp_path, "v1__x86_64-1cpu__base")
+    assert one["arch"] == "x86_64" and one["profile"] == "x86_64-1cpu"
+    assert meta(tmp_path)["profile"] == ""
+    assert one["fingerprint"] != meta(tmp_path)["fingerprint"]
+    assert sorted(getattr(m, "smp") for m, _ in guests.machines) == [1, 2]
+    merged = (tmp_path / "run/junit.xml").read_text()
+    assert "x86_64-1cpu" in merged
+    # one kernel: the 1-vCPU machine boots the arch's own build
+    assert [p.name for p in (tmp_path / "work/build").iterdir() if p.is_dir()] == \
+        ["x86_64-tinyconfig"]
