@@ -99,6 +99,10 @@ class Profile:
     cmdline: tuple[str, ...] = ()
     fragment: Path | None = None
     why: str = ""
+    series: tuple[str, ...] = ()  # only kernels of these series (its fragment's reach)
+
+    def runs_on(self, series: str) -> bool:
+        return not self.series or series in self.series
 
     @property
     def flavour(self) -> str:
@@ -480,7 +484,8 @@ def _expected_reports(t: Table) -> tuple[ExpectedReport, ...]:
     return tuple(out)
 
 
-def _variants(top: Table, base: Path, arches: tuple[Arch, ...]) -> tuple[Variant, ...]:
+def _variants(top: Table, base: Path, arches: tuple[Arch, ...],
+              columns: list[str]) -> tuple[Variant, ...]:
     raw, file = top.data.pop("variants", None), top.file
     if raw is None:
         return (Variant("base", (), ()),)
@@ -498,8 +503,8 @@ def _variants(top: Table, base: Path, arches: tuple[Arch, ...]) -> tuple[Variant
                 raise ConfigError(file, f"{t.key('series')}[{j}]",
                                   f"a kernel series such as \"6.1\" or \"7.3\", got {one!r}")
         patches = _files(t, "patches", base, "patch file", series)
-        only = tuple(find_arch(arches, a, file, t.key("arches")).name
-                     for a in t.strings("arches"))
+        only = tuple(a if a in columns else find_arch(arches, a, file, t.key("arches")).name
+                     for a in t.strings("arches"))  # an arch, or a profile of the lab's
         expect = _expected_reports(t)
         reverts, backports = _commit_ids(t, "reverts"), _commit_ids(t, "backports")
         both = sorted(set(reverts) & set(backports))
@@ -535,14 +540,15 @@ def load_lab(path: Path = DEFAULT_LAB, arches_file: Path = ARCHES_FILE,
         raise ConfigError(file, "arches", "at least one arch (or profiles:)")
     arches = tuple(find_arch(known, n, file, f"arches[{i}]") for i, n in enumerate(names))
     build = _build(top.sub("build"), base)
-    variants = _variants(top, base, arches)
+    profiles = _profiles(top, arches, known, profiles_file)
+    columns = [p.name for p in profiles] or [a.name for a in arches]
+    arches = tuple(dict.fromkeys([*arches, *(p.arch for p in profiles)]))
+    variants = _variants(top, base, arches, columns)
     guest = _guest(top.sub("guest"))
     limits = _limits(top.sub("limits"))
     noise = _known_reports(top)
     history = top.take("history", str, "")
-    profiles = _profiles(top, arches, known, profiles_file)
     top.done()
-    arches = tuple(dict.fromkeys([*arches, *(p.arch for p in profiles)]))
     return Lab(path, workdir, source, arches, build, variants, guest, limits, noise, history,
                profiles)
 
@@ -604,9 +610,14 @@ def load_profiles(path: Path = PROFILES_FILE,
             raise ConfigError(t.file, t.key("fragment"), f"an existing Kconfig fragment, "
                               f"but {frag_path} does not exist")
         why = t.take("why", str, "")
+        series = t.strings("series")
+        for j, one in enumerate(series):
+            if not SERIES_RE.fullmatch(one):
+                raise ConfigError(t.file, f"{t.key('series')}[{j}]",
+                                  f"a kernel series such as \"6.12\" or \"7.3\", got {one!r}")
         t.done()
         profile = Profile(str(name), arch, ",".join([machine, *options]), cpu, smp, memory,
-                          cmdline, frag_path, why)
+                          cmdline, frag_path, why, series)
         if str(name) == arch.name and replace(profile, why="") != base:
             raise ConfigError(t.file, str(name), "the arch's own profile, as arches.yaml "
                               "gives it: another name for another machine")

@@ -134,7 +134,7 @@ class Selection:
         chosen = self.commits(commits)
         found = [Target.on(c, p, v) for c in chosen for p in columns for v in variants
                  if (not v.arches or p.arch.name in v.arches or p.name in v.arches)
-                 and v.runs_on(c.series)]
+                 and v.runs_on(c.series) and p.runs_on(c.series)]
         if self.labels:
             unknown = sorted(set(self.labels) - {t.label for t in found})
             if unknown:

@@ -12,8 +12,9 @@ from harness.ops import Ops
 
 
 def describe(targets_: list[Target]) -> str:
-    rows = [f"{t.commit.name:<16} {t.commit.short:<12}  {t.column:<7} {t.variant.name:<12} "
-            f"{t.commit.subject[:60]}" for t in targets_]
+    wide = max([7, *(len(t.column) for t in targets_)])
+    rows = [f"{t.commit.name:<16} {t.commit.short:<12}  {t.column:<{wide}} "
+            f"{t.variant.name:<12} {t.commit.subject[:60]}" for t in targets_]
     column = "profile" if any(t.profile for t in targets_) else "arch"
     return "\n".join([f"{len(targets_)} targets (commit x {column} x variant):", *rows])
 

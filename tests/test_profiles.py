@@ -11,7 +11,7 @@ import pytest
 from harness.config import PROFILES_FILE, load_arches, load_lab, load_profiles
 from harness.errors import ConfigError
 from harness.main import Session
-from harness.model import Selection
+from harness.model import Commit, Selection
 from harness.ops import Ops
 from harness.qemu import machine_of, qemu_argv
 
@@ -42,6 +42,7 @@ def test_the_shipped_profiles_describe_their_machines() -> None:
      "one argument without spaces or ','"),
     ("arch: x86_64\ncmdline: ['a b']", "odd.cmdline[0]", "one argument"),
     ("arch: x86_64\nsmpp: 2", "odd.smpp", ""),
+    ("arch: arm64\nseries: ['six']", "odd.series[0]", "a kernel series"),
 ])
 def test_a_bad_profile_is_an_error_naming_file_and_key(tmp_path: Path, entry: str,
                                                        key: str, expected: str) -> None:
@@ -71,12 +72,12 @@ def lab_with(write_lab: Writer, tmp_path: Path, fake_tree: Path, profiles: str) 
 
 def test_a_labs_columns_are_its_arches_then_its_profiles(
         write_lab: Writer, tmp_path: Path, fake_tree: Path) -> None:
-    session = lab_with(write_lab, tmp_path, fake_tree, "[x86_64-1cpu, arm64-mte]")
-    assert [p.name for p in session.lab.columns] == ["x86_64", "x86_64-1cpu", "arm64-mte"]
+    session = lab_with(write_lab, tmp_path, fake_tree, "[x86_64-1cpu, arm64-swtags]")
+    assert [p.name for p in session.lab.columns] == ["x86_64", "x86_64-1cpu", "arm64-swtags"]
     assert [a.name for a in session.lab.arches] == ["x86_64", "arm64"]  # the profile's arch
     targets = session.targets()
     columns = sorted({t.column for t in targets})
-    assert columns == ["arm64-mte", "x86_64", "x86_64-1cpu"]
+    assert columns == ["arm64-swtags", "x86_64", "x86_64-1cpu"]
     own = [t for t in targets if t.column == "x86_64"]
     assert own and all(t.profile is None for t in own)  # labels and keys as before
     assert own[0].label.startswith("x86_64 ")
@@ -104,19 +105,28 @@ def test_a_lab_naming_an_unknown_or_repeated_profile_is_an_error(
 def test_profiles_share_the_kernel_unless_their_fragment_differs(
         write_lab: Writer, tmp_path: Path, fake_tree: Path) -> None:
     session = lab_with(write_lab, tmp_path, fake_tree,
-                       "[x86_64-1cpu, x86_64-4cpu, arm64-mte]")
+                       "[x86_64-1cpu, x86_64-4cpu, arm64-swtags]")
     builder = session.builder()
     targets = session.targets()
     first = {t.column: t for t in targets if t.commit == targets[0].commit}
     assert builder.key(first["x86_64"]) == builder.key(first["x86_64-1cpu"]) == \
         builder.key(first["x86_64-4cpu"])
     assert builder.dir_for(first["x86_64-4cpu"]) == builder.dir_for(first["x86_64"])
-    mte = first["arm64-mte"]
-    arm = type(mte)(mte.commit, mte.arch, mte.variant)  # the arch's own machine
-    assert builder.key(mte) != builder.key(arm)
-    assert builder.dir_for(mte).name.endswith("-kasan-hw-tags")
-    assert builder.frags_for(mte.arch, "", mte.machine.fragment)[-1].name == \
-        "kasan-hw-tags.config"
+    tags = first["arm64-swtags"]
+    arm = type(tags)(tags.commit, tags.arch, tags.variant)  # the arch's own machine
+    assert builder.key(tags) != builder.key(arm)
+    assert builder.dir_for(tags).name.endswith("-kasan-sw-tags")
+    assert builder.frags_for(tags.arch, "", tags.machine.fragment)[-1].name == \
+        "kasan-sw-tags.config"
+
+
+def test_a_profile_limited_to_some_series_is_no_column_of_other_kernels(
+        write_lab: Writer, tmp_path: Path, fake_tree: Path) -> None:
+    session = lab_with(write_lab, tmp_path, fake_tree, "[arm64-mte]")
+    old, new = (Commit(f"{n}" * 40, n, f"v{s}", "s", series=s) for n, s in
+                (("a", "6.1"), ("b", "7.3")))
+    found = [(t.commit.series, t.column) for t in Selection().targets(session.lab, [old, new])]
+    assert found == [("6.1", "x86_64"), ("7.3", "x86_64"), ("7.3", "arm64-mte")]
 
 
 def test_the_guest_of_a_profile_is_its_machine_cpu_vcpus_and_cmdline(tmp_path: Path) -> None:
