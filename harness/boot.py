@@ -76,7 +76,7 @@ class BootedGuest:
     """What boot() yields: the outcome, the QEMU guest and (when ready) SSH."""
 
     def __init__(self, outcome: BootOutcome, guest: Guest, ssh: GuestSSH | None,
-                 rootfs: Rootfs) -> None:
+                 rootfs: Rootfs | None) -> None:
         self.outcome = outcome
         self.guest = guest
         self.rootfs = rootfs
@@ -89,6 +89,14 @@ class BootedGuest:
                            f"{self.outcome.reason}); see {self.outcome.console_log}")
         return self._ssh
 
+    def power_off(self) -> None:
+        """The guest's end after a clean run: QEMU quits on its own (boot() kills it
+        behind anyway)."""
+        try:
+            self.ssh.run("sync; poweroff -f >/dev/null 2>&1 &", timeout=10)
+        except SSHError:
+            pass
+
     def watch(self, test_timeout: float) -> Watch:
         """For a running command: why the guest counts as dead or wedged, or None. A
         panic on the console, QEMU gone, or one test past `test_timeout` seconds."""
@@ -97,8 +105,7 @@ class BootedGuest:
             if report.panic:
                 return f"the kernel panicked: {report.panic_line or 'Kernel panic'}"
             if self.guest.console_closed():
-                code = self.guest.returncode()
-                return f"QEMU exited ({'signal ' + str(-code) if code and code < 0 else code})"
+                return self.guest.ended_why()
             running = self.guest.running_test()
             if running and running[1] is not None and \
                     self.guest.elapsed() - running[1] > test_timeout:

@@ -84,6 +84,27 @@ MAX_VCPUS = 64
 
 
 @dataclass(frozen=True)
+class Remote:
+    """A machine the user already has, reached over SSH: the lab copies a kernel to
+    it, kexecs into it, runs the suites and reads its kernel log over SSH, then
+    reboots it back into its own kernel. Without a serial console the kernel log is
+    `dmesg --follow`; `console` is a command printing the machine's console instead
+    (an IPMI serial-over-LAN, say). `power_cycle` is run when the machine does not
+    come back (a PDU or IPMI command line); without it such a machine is a hang, and
+    the lab says it may still run the lab's kernel."""
+
+    host: str
+    port: int
+    user: str
+    host_key: str  # pinned: 'ssh-ed25519 AAAA...'
+    key: Path | None  # the private key the machine accepts; None: the lab's key
+    boot_timeout: float
+    cmdline: tuple[str, ...]  # the lab kernel's command line; (): the machine's own
+    console: str = ""
+    power_cycle: str = ""
+
+
+@dataclass(frozen=True)
 class Profile:
     """A machine the suites run on: an arch, QEMU's machine and CPU with their options,
     vCPUs, memory, what the kernel command line adds, and the Kconfig fragment its
@@ -100,6 +121,7 @@ class Profile:
     fragment: Path | None = None
     why: str = ""
     series: tuple[str, ...] = ()  # only kernels of these series (its fragment's reach)
+    remote: Remote | None = None  # a real machine over SSH, not a QEMU guest
 
     def runs_on(self, series: str) -> bool:
         return not self.series or series in self.series
@@ -536,11 +558,14 @@ def load_lab(path: Path = DEFAULT_LAB, arches_file: Path = ARCHES_FILE,
     workdir = Path(os.path.normpath(workdir if workdir.is_absolute() else base / workdir))
     source = _source(top.sub("source"), base)
     names = top.strings("arches", ("x86_64",))
-    if not names and not top.data.get("profiles"):
-        raise ConfigError(file, "arches", "at least one arch (or profiles:)")
+    if not names and not top.data.get("profiles") and not top.data.get("machines"):
+        raise ConfigError(file, "arches", "at least one arch (or profiles: or machines:)")
     arches = tuple(find_arch(known, n, file, f"arches[{i}]") for i, n in enumerate(names))
     build = _build(top.sub("build"), base)
     profiles = _profiles(top, arches, known, profiles_file)
+    machines = _machines(top, base, known)
+    if machines:  # real machines are columns after the arches' own and the profiles
+        profiles = (profiles or tuple(default_profile(a) for a in arches)) + machines
     columns = [p.name for p in profiles] or [a.name for a in arches]
     arches = tuple(dict.fromkeys([*arches, *(p.arch for p in profiles)]))
     variants = _variants(top, base, arches, columns)
@@ -571,6 +596,69 @@ def _profiles(top: Table, arches: tuple[Arch, ...], known: tuple[Arch, ...],
                               "again (an arch in arches: brings its own profile)")
         chosen.append(shipped[name])
     return tuple(chosen)
+
+
+HOST_KEY_RE = re.compile(r"(ssh-ed25519|ecdsa-sha2-nistp(?:256|384|521)|ssh-rsa) "
+                         r"[A-Za-z0-9+/]+={0,2}(?: .*)?")
+MAX_BOOT_S = 3600
+
+
+def _machines(top: Table, base: Path, arches: tuple[Arch, ...]) -> tuple[Profile, ...]:
+    """The lab's `machines:`, real machines over SSH, each a column of its own."""
+    raw, file = top.data.pop("machines", None), top.file
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(file, "machines", "a non-empty list of {name, arch, address, "
+                          "host_key, ...}")
+    found: list[Profile] = []
+    for i, item in enumerate(raw):
+        t = Table(item, file, f"machines[{i}]", top.numbers)
+        name = t.take("name", str, required=True)
+        if not NAME_RE.fullmatch(name) or any(p.name == name for p in found):
+            raise ConfigError(file, t.key("name"), f"a name of its own of letters, digits, "
+                              f"'.', '_', '-', got {name!r}")
+        arch = find_arch(arches, t.take("arch", str, required=True), file, t.key("arch"))
+        host, port = _address(t)
+        host_key = t.take("host_key", str, required=True).strip()
+        if not HOST_KEY_RE.fullmatch(host_key):
+            raise ConfigError(file, t.key("host_key"), "the machine's public host key as "
+                              "its .pub file or ssh-keyscan gives it ('ssh-ed25519 AAAA...')")
+        key_text = t.take("key", str, "")
+        key = Path(os.path.expanduser(key_text)) if key_text else None
+        if key is not None and not key.is_absolute():
+            key = base / key
+        if key is not None and not key.is_file():
+            raise ConfigError(file, t.key("key"), f"an ed25519 private key file the machine "
+                              f"accepts, but {key} does not exist")
+        boot_timeout = t.take("boot_timeout", float, 300.0)
+        if not 10 <= boot_timeout <= MAX_BOOT_S:
+            raise ConfigError(file, t.key("boot_timeout"), f"seconds, 10 to {MAX_BOOT_S}, "
+                              f"got {boot_timeout!r}")
+        remote = Remote(host, port, t.take("user", str, "root"), host_key, key,
+                        boot_timeout, _words(t, "cmdline", ""),
+                        t.take("console", str, ""), t.take("power_cycle", str, ""))
+        fragment = t.take("fragment", str, "")
+        frag_path = (base / fragment) if fragment else None
+        if frag_path is not None and not frag_path.is_file():
+            raise ConfigError(file, t.key("fragment"), f"an existing Kconfig fragment, "
+                              f"but {frag_path} does not exist")
+        t.done()
+        own = default_profile(arch)
+        found.append(replace(own, name=name, fragment=frag_path, remote=remote,
+                             why=f"{remote.user}@{host}:{port}"))
+    return tuple(found)
+
+
+def _address(t: Table) -> tuple[str, int]:
+    """host, host:port or [v6]:port; port 22 when not said."""
+    text = t.take("address", str, required=True).strip()
+    found = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^\s:\[\]]+)(?::(\d+))?", text)
+    port = int((found.group(2) or found.group(4) or 22)) if found else 0
+    if not found or not 0 < port < 65536:
+        raise ConfigError(t.file, t.key("address"), f"host, host:port or [v6]:port, got "
+                          f"{text!r}")
+    return found.group(1) or found.group(3), port
 
 
 def _words(t: Table, name: str, also_bad: str) -> tuple[str, ...]:

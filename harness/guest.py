@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Sequence
+from typing import Any, BinaryIO, Iterable, Sequence
 
 from harness.console import ConsoleReport, ConsoleWatch
 from harness.errors import LabError
@@ -113,13 +113,16 @@ class Guest:
         self._reader.start()
 
     def _read(self, started_wall: float) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        self._pump(self.proc.stdout, started_wall)
+
+    def _pump(self, lines: Iterable[bytes], started_wall: float) -> None:
         """Stamp and save each console line, up to console_limit bytes on disk; past
         it the guest is still drained (QEMU must never block on a full pipe) and
         followed, and the file says where it was cut."""
-        assert self.proc is not None and self.proc.stdout is not None
         written, cut = 0, False
         with open(self.console_log, "w", encoding="utf-8") as log:
-            for raw in self.proc.stdout:
+            for raw in lines:
                 text = raw.decode("utf-8", errors="replace").rstrip("\r\n").replace("\r", "")
                 line = stamp(started_wall, self.started_mono, time.monotonic(), text)
                 with self._lock:
@@ -163,6 +166,11 @@ class Guest:
 
     def returncode(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
+
+    def ended_why(self) -> str:
+        """Why the console ended, in words for a verdict."""
+        code = self.returncode()
+        return f"QEMU exited ({'signal ' + str(-code) if code and code < 0 else code})"
 
     def qemu_errors(self) -> str:
         try:

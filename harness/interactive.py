@@ -67,6 +67,9 @@ def pick_target(session: Session, arch: str, commit: str | None, variant: str) -
 def boot_task(session: Session, arch: str, commit: str | None, variant: str,
               settings: GuestSettings, command: str, wait: bool) -> TaskResult:
     target = pick_target(session, arch, commit, variant)
+    if target.machine.remote is not None:
+        raise UserError(f"--arch {target.column}: a real machine (lab machines:), not a "
+                        "guest to boot here; ./lab matrix --arch it runs the suites there")
     result = session.builder().build(target)
     if result.status is not Status.PASS or result.image is None:
         print("\n".join((f"build failed: {result.log}", *result.errors)))
@@ -95,6 +98,7 @@ def _secs(value: float | None) -> str:
 
 
 def _publish(session: Session, target: Target, guest: BootedGuest) -> Reach:
+    assert guest.rootfs is not None  # a QEMU guest of the lab's own image
     where = guests_dir(session)
     where.mkdir(parents=True, exist_ok=True)
     port = guest.ssh.endpoint.port

@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 from harness import commits, junit, kreport, presence
 from harness.boot import BootedGuest, BootFn, GuestKit, prepare_kit
@@ -17,10 +17,12 @@ from harness.build import BuildResult
 from harness.config import Arch, GuestSettings, Lab
 from harness.errors import LabError
 from harness.junit import Case
+from harness.keys import ensure_lab_key
 from harness.model import ReportRef, Stage, Status, Target, TargetOutcome, worst
 from harness.ops import Ops
 from harness.progress import fmt_secs
 from harness.qemu import machine_of
+from harness.remote import boot_remote
 from harness.results import write_atomic
 from harness.ssh import SSHError
 from harness.store import Store, counts
@@ -52,6 +54,7 @@ class Guests:
     c_suite: CSuiteFn
     catalog: dict[str, tuple[str, ...]]
     kits: "Kits"
+    remote: Callable[..., ContextManager[BootedGuest]] = boot_remote  # real machines
 
 
 Prepare = Callable[[Path, Arch, Path, GuestSettings, Ops], GuestKit]
@@ -69,6 +72,11 @@ class Kits:
             self._kits[arch.name] = self.prepare(self.lab.workdir, arch, kernel,
                                                  self.lab.guest, self.ops)
         return self._kits[arch.name]
+
+    def lab_key(self) -> Path:
+        """The lab's private key: what a real machine accepts unless its entry names
+        another."""
+        return ensure_lab_key(self.lab.workdir, self.ops).private
 
 
 @dataclass(frozen=True)
@@ -129,8 +137,8 @@ def run_guest(ctx: Guests, target: Target, build: BuildResult, tdir: Path,
     consoles named relative to it."""
     started = time.monotonic()
     assert build.image is not None and build.artifacts is not None
-    try:
-        kit = ctx.kits.get(target.arch, build.image)
+    try:  # a real machine has its own root filesystem and no accelerator to probe
+        kit = ctx.kits.get(target.arch, build.image) if not target.machine.remote else None
     except LabError as exc:
         return GuestRun((), (), "", 0.0, 0.0, f"guest preparation: {exc}")
     c_binary, c_cases = _c_suite(ctx, target, build)
@@ -150,7 +158,7 @@ def run_guest(ctx: Guests, target: Target, build: BuildResult, tdir: Path,
         if boots:
             print(f"   a fresh boot for {rounds.left()} more test run(s)", flush=True)
         try:
-            record, end, secs = _one_boot(ctx, target, kit, build.image, tdir,
+            record, end, secs = _one_boot(ctx, target, kit, build, tdir,
                                           len(boots) + 1, rounds, setup)
         except LabError as exc:  # the lab, not the kernel: no further boot
             why = lab_error = f"boot {len(boots) + 1}: lab error: {exc}"
@@ -178,13 +186,26 @@ def _stop_why(boots: list[BootRecord], end: BootEnd | None) -> str:
     return ""
 
 
-def _one_boot(ctx: Guests, target: Target, kit: GuestKit, image: Path, tdir: Path,
-              number: int, rounds: Rounds,
+def _booted(ctx: Guests, target: Target, kit: GuestKit | None, build: BuildResult,
+            settings: GuestSettings, run_dir: Path) -> ContextManager[BootedGuest]:
+    """A QEMU guest of the target's profile, or the real machine it names."""
+    profile = target.machine
+    assert build.image is not None
+    if profile.remote is not None:
+        return ctx.remote(profile.remote, profile.name, build.image,
+                          str(build.meta.get("kernel_release", "")), settings, run_dir,
+                          ctx.kits.lab_key())
+    assert kit is not None
+    return ctx.boot(kit, build.image, settings, run_dir, machine=machine_of(profile))
+
+
+def _one_boot(ctx: Guests, target: Target, kit: GuestKit | None, build: BuildResult,
+              tdir: Path, number: int, rounds: Rounds,
               setup: Install) -> tuple[BootRecord, BootEnd | None, float]:
     profile, limits = target.machine, ctx.lab.limits
     settings = replace(ctx.lab.guest, cmdline_extra=ctx.lab.guest.cmdline_extra + profile.cmdline)
     name = "guest" if number == 1 else f"guest-{number}"
-    with ctx.boot(kit, image, settings, tdir / name, machine=machine_of(profile)) as guest:
+    with _booted(ctx, target, kit, build, settings, tdir / name) as guest:
         o = guest.outcome
         ready = f" after {o.ssh_ready_s:.1f} s" if o.ssh_ready_s else f": {o.reason}"
         print(f"   boot {number} ({o.accel}): {o.state.value}{ready}", flush=True)
@@ -201,16 +222,9 @@ def _one_boot(ctx: Guests, target: Target, kit: GuestKit, image: Path, tdir: Pat
             print(f"   the guest died or wedged: {end.fault}", flush=True)
             guest.guest.sysrq()  # stacks of a wedged guest into its console
         else:
-            _power_off(guest)
+            guest.power_off()
         return BootRecord(o.state.value, o.reason, o.accel, o.ssh_ready_s, o.console_log,
                           end.fault), end, secs
-
-
-def _power_off(guest: BootedGuest) -> None:
-    try:
-        guest.ssh.run("sync; poweroff -f >/dev/null 2>&1 &", timeout=10)
-    except SSHError:
-        pass  # the guest is going down; boot() kills QEMU behind it anyway
 
 
 def _c_suite(ctx: Guests, target: Target, build: BuildResult) -> tuple[Path | None,

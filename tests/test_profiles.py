@@ -141,3 +141,63 @@ def test_the_guest_of_a_profile_is_its_machine_cpu_vcpus_and_cmdline(tmp_path: P
                     qmp_socket=tmp_path / "qmp", machine=machine_of(p["x86_64-1cpu"]))
     assert one[one.index("-smp") + 1] == "1"
     assert one[one.index("-machine") + 1] == ARCHES["x86_64"].machine
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH0lJ3v7ZK2bD5a1r7Q2c1J8cQp7V2o0Tt1Y7m3x0e1f bpflab"
+
+
+def machines_lab(write_lab: Writer, tmp_path: Path, fake_tree: Path, entry: str) -> Session:
+    return Session(load_lab(write_lab(
+        f"workdir: {tmp_path / 'work'}\n"
+        f"source: {{git: {fake_tree}, range: 'v1..v3', paths: [map_in_map.c]}}\n"
+        f"arches: [x86_64]\nbuild: {{ccache: false, jobs: 1}}\n"
+        f"machines:\n  - {{{entry}}}\n")), Ops(verbose=False))
+
+
+def test_a_real_machine_is_a_column_booting_the_archs_kernel(
+        write_lab: Writer, tmp_path: Path, fake_tree: Path) -> None:
+    session = machines_lab(write_lab, tmp_path, fake_tree,
+                           f"name: box, arch: x86_64, address: '10.0.0.5:2222', "
+                           f"host_key: '{KEY}', power_cycle: 'ipmitool chassis power cycle'")
+    assert [p.name for p in session.lab.columns] == ["x86_64", "box"]
+    box = session.lab.profile("box")
+    assert box.remote is not None and (box.remote.host, box.remote.port) == ("10.0.0.5", 2222)
+    assert box.remote.user == "root" and box.remote.key is None  # the lab's key
+    assert box.remote.boot_timeout == 300 and box.remote.power_cycle.startswith("ipmitool")
+    targets = session.targets()
+    first = {t.column: t for t in targets if t.commit == targets[0].commit}
+    builder = session.builder()
+    assert builder.key(first["box"]) == builder.key(first["x86_64"])  # the same kernel
+
+
+@pytest.mark.parametrize(("entry", "key", "expected"), [
+    (f"name: box, arch: x86_64, address: '10.0.0.5:99999', host_key: '{KEY}'",
+     "machines[0].address", "host, host:port or [v6]:port"),
+    ("name: box, arch: x86_64, address: h, host_key: 'AAAA'", "machines[0].host_key",
+     "public host key"),
+    (f"name: box, arch: x86_64, address: h, host_key: '{KEY}', key: /nowhere/id",
+     "machines[0].key", "does not exist"),
+    (f"name: box, arch: x86_64, address: h, host_key: '{KEY}', boot_timeout: 5",
+     "machines[0].boot_timeout", "10 to 3600"),
+    (f"name: box, arch: sparc, address: h, host_key: '{KEY}'", "machines[0].arch", "sparc"),
+    (f"name: box, arch: x86_64, host_key: '{KEY}'", "machines[0].address", "missing"),
+    (f"name: box, arch: x86_64, address: h, host_key: '{KEY}', ipmi: x",
+     "machines[0].ipmi", ""),
+])
+def test_a_bad_machine_entry_is_an_error_naming_file_and_key(
+        write_lab: Writer, tmp_path: Path, fake_tree: Path, entry: str, key: str,
+        expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        machines_lab(write_lab, tmp_path, fake_tree, entry)
+    assert err.value.key == key and expected in str(err.value)
+
+
+def test_the_lab_kernel_boots_with_the_machines_own_command_line_unless_told() -> None:
+    from harness.config import Remote
+    from harness.remote import kexec_cmdline
+    own = "BOOT_IMAGE=/boot/vmlinuz-6.1.0-57-amd64 root=UUID=1234 ro quiet initrd=/x"
+    plain = Remote("h", 22, "root", KEY, None, 300.0, ())
+    assert kexec_cmdline(own, plain, ("kasan.fault=report",)) == \
+        "root=UUID=1234 ro quiet kasan.fault=report"
+    told = Remote("h", 22, "root", KEY, None, 300.0, ("root=/dev/sda2", "rw"))
+    assert kexec_cmdline(own, told, ()) == "root=/dev/sda2 rw"
