@@ -212,33 +212,31 @@ def run(eng: Engine, ctx: Context, job: Job, builder: Builder, todo: list[Target
     workers = eng.workers()
     print(eng.describe(), flush=True)
     placed = place_builds(todo, builder.series, workers)
-    d = _Dispatch(eng, ctx, job, len(todo))
+    d = _Dispatch(eng, ctx, job, len(todo), force)
     for i, t in enumerate(todo):
         why = _unservable(t, workers)
         if why:
             _lab_error(ctx, t, why)
             continue
-        where = placed.get(t, "")
-        built = eng.client.submit(build_task, job, t, force, pure=False,
-                                  key=_key("build", t),
-                                  resources={"build": 1, f"build-{t.arch.name}": 1},
-                                  workers=[where] if where else None,
-                                  allow_other_workers=True, priority=len(todo) - i)
-        d.builds[built] = (t, where)
+        d.build(t, placed[t], len(todo) - i)
     d.until_done()
 
 
 class _Dispatch:
     """One run's builds in flight, targets built and waiting for a guest slot, and
-    guests in flight. Dask places builds (a warm build directory is only a preference);
-    the coordinator places guests itself, one per free slot and pinned to that worker,
-    so no guest waits in a busy worker's queue while a capable one is idle (Dask's work
-    stealing moves queued tasks by its own cost model, which knows nothing of QEMU). A
-    guest whose worker leaves starts again elsewhere: nothing is recorded twice, since
-    a target is recorded only from the guest that finished."""
+    guests in flight. Every task is pinned to the worker the coordinator chose: builds
+    to the builder of their walk (place_builds), guests to a free guest slot, so no
+    guest waits in a busy worker's queue while a capable one is idle. (Dask's loose
+    placement, allow_other_workers, may hand a task to a worker that lacks its
+    resources, once a build went to a boot-only worker and wedged it, and its work
+    stealing moves queued tasks by a cost model that knows nothing of QEMU.) A task
+    whose worker leaves runs again on another: nothing is recorded twice, since a
+    target is recorded only from the guest that finished."""
 
-    def __init__(self, eng: Engine, ctx: Context, job: Job, total: int) -> None:
-        self.eng, self.ctx, self.job, self.total = eng, ctx, job, total
+    def __init__(self, eng: Engine, ctx: Context, job: Job, total: int,
+                 force: bool = False) -> None:
+        self.eng, self.ctx, self.job, self.total, self.force = eng, ctx, job, total, force
+        self.priority: dict[Target, int] = {}
         self.builds: dict[Any, tuple[Target, str]] = {}
         self.ready: list[tuple[Target, Built]] = []
         self.guests: dict[Any, tuple[Target, Built, str]] = {}
@@ -320,9 +318,30 @@ class _Dispatch:
         _record(self.eng, self.ctx, target, g, f"{self.done}/{self.total}",
                 time.monotonic() - self.started)
 
+    def build(self, target: Target, where: str, priority: int) -> None:
+        self.priority[target] = priority
+        built = self.eng.client.submit(
+            build_task, self.job, target, self.force, pure=False, key=_key("build", target),
+            resources={"build": 1, f"build-{target.arch.name}": 1}, workers=[where],
+            allow_other_workers=False, priority=priority)
+        self.builds[built] = (target, where)
+
     def _requeue_lost(self, workers: list[WorkerInfo]) -> None:
-        """Guests whose worker left the cluster go back to the front of the queue."""
+        """Builds whose worker left the cluster go to another builder (the least
+        loaded); guests go back to the front of the queue."""
         alive = {w.address for w in workers}
+        for future, (target, where) in list(self.builds.items()):
+            able = [w for w in workers if w.can(f"build-{target.arch.name}")]
+            if where not in alive and able:
+                future.cancel()
+                del self.builds[future]
+                load = {w.address: 0 for w in able}
+                for _, other in self.builds.values():
+                    load[other] = load.get(other, 0) + 1
+                again = min(able, key=lambda w: (load[w.address], w.name)).address
+                print(f"\n== {target.label}: its builder left; building it again",
+                      flush=True)
+                self.build(target, again, self.priority[target])
         for future, (target, built, where) in list(self.guests.items()):
             if where not in alive:
                 future.cancel()

@@ -151,6 +151,9 @@ class FakeBooted:
     def running_test(self) -> str | None:
         return self.script.die_in or None
 
+    def power_off(self) -> None:
+        self.ssh.run("sync; poweroff -f >/dev/null 2>&1 &", timeout=10)
+
 
 @dataclass
 class Guests:
