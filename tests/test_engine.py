@@ -278,3 +278,39 @@ def test_calling_a_run_off_ends_its_qemus_and_refuses_it_new_ones_leaving_other_
     assert call_off("run-b") == [pids["run-b"]]
     threads[1].join(10)
     assert ended["run-b"] == "run run-b was called off"
+
+
+class FakeFuture:
+    def __init__(self, workers: list[str]) -> None:
+        self.workers, self.cancelled = workers, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.submitted: list[FakeFuture] = []
+
+    def submit(self, fn: object, *args: object, **kw: object) -> FakeFuture:
+        assert kw["allow_other_workers"] is False  # pinned: never a worker without the resources
+        future = FakeFuture(list(kw["workers"]))  # type: ignore[call-overload]
+        self.submitted.append(future)
+        return future
+
+
+def test_a_build_whose_builder_left_goes_to_the_least_loaded_other_builder() -> None:
+    a, b, c = (w(n, build=1, **{"build-x86_64": 1}) for n in "ABC")
+    eng = type("E", (), {"client": FakeClient()})()
+    d = engine._Dispatch(eng, None, None, 3)  # type: ignore[arg-type]
+    first, second, third = targets("x86_64", 3)
+    d.build(first, a.address, 3)
+    d.build(second, a.address, 2)
+    d.build(third, b.address, 1)
+    d._requeue_lost([b, c])  # A is gone
+    client = eng.client  # type: ignore[attr-defined]
+    assert [f.cancelled for f in client.submitted[:3]] == [True, True, False]
+    # C had nothing, then one; B already had one: they share A's walk
+    assert [f.workers for f in client.submitted[3:]] == [[c.address], [b.address]]
+    assert sorted(t.commit.name for t, _ in d.builds.values()) == ["x86_64-c0", "x86_64-c1",
+                                                                   "x86_64-c2"]
