@@ -308,7 +308,7 @@ def test_a_build_whose_builder_left_goes_to_the_least_loaded_other_builder() -> 
     d.build(second, a.address, 2)
     d.build(third, b.address, 1)
     d._requeue_lost([b, c])  # A is gone
-    client = eng.client  # type: ignore[attr-defined]
+    client = eng.client
     assert [f.cancelled for f in client.submitted[:3]] == [True, True, False]
     # C had nothing, then one; B already had one: they share A's walk
     assert [f.workers for f in client.submitted[3:]] == [[c.address], [b.address]]

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import matrix
+from harness import junit, matrix
 from harness.config import load_lab
 from harness.main import Session
-from harness.model import Selection, Verdict
+from harness.model import Selection, Status, Verdict
 from harness.ops import Ops
 
 pytestmark = [pytest.mark.e2e, pytest.mark.full]
@@ -86,6 +86,18 @@ def test_the_injected_use_after_free_shows_with_the_same_signatures(
     for test in DETERMINISTIC:
         assert by_test.get(test) == "KASAN: use-after-free Read in array_map_update_elem", \
             (column, reports)
-    # the races: a use-after-free each, wherever the other CPU was
+    # the races: a use-after-free each, wherever the other CPU was; on one vCPU the
+    # Python race cannot run at all (it skips, saying so) and a C race may not be won
+    # within its bounds (it skips, saying so): neither is then demanded a report
+    cases = {c.test_id: c for c in junit.stored_cases(
+        run_dir / "targets" / f"v7.3-rc7__{column}__uaf-inject" / "junit.xml")}
     for test in RACES:
+        case = junit.case_for(test, list(cases.values()))
+        assert case is not None, (test, sorted(cases))
+        if column == "x86_64-1cpu" and case.status is Status.SKIP:
+            assert test.startswith("map_in_map::") or "one CPU" in case.message, case
+            continue
+        assert column != "x86_64-1cpu" or test.startswith("map_in_map::"), case
         assert by_test.get(test, "").startswith("KASAN: use-after-free "), (column, reports)
+    health = cases["lab::kernel-health"]
+    assert health.status is Status.PASS, health.message
