@@ -17,7 +17,7 @@ import yaml
 from harness import junit, matrix
 from harness.config import load_lab
 from harness.main import Session
-from harness.model import Selection, Status, Verdict
+from harness.model import Selection, Status
 from harness.ops import Ops
 
 pytestmark = [pytest.mark.e2e, pytest.mark.full]
@@ -40,8 +40,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lab["build"]["fragments"] = [str(PROJECT / f) for f in lab["build"]["fragments"]]
     path = here / "lab.profiles.yaml"
     path.write_text(yaml.safe_dump(lab, sort_keys=False))
-    result = matrix.matrix(Session(load_lab(path), Ops()), here / "run", False, Selection())
-    assert result.verdict is Verdict.OK, (here / "run" / "summary.json").read_text()[:4000]
+    # each test below judges its own column: one machine failing hides no other's result
+    matrix.matrix(Session(load_lab(path), Ops()), here / "run", False, Selection())
     return here / "run"
 
 
@@ -55,9 +55,12 @@ def outcomes(target: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(target.glob("**/outcome.json"))]
 
 
-@pytest.mark.parametrize("column", ["x86_64-1cpu", "x86_64-4cpu", "arm64-mte"])
+COLUMNS = ["x86_64-1cpu", "x86_64-4cpu", "arm64-mte", "arm64-swtags"]
+
+
+@pytest.mark.parametrize("column", COLUMNS)
 def test_each_profile_ran_both_variants_on_its_own_machine(run_dir: Path, column: str) -> None:
-    smp = {"x86_64-1cpu": "1", "x86_64-4cpu": "4", "arm64-mte": "2"}[column]
+    smp = {"x86_64-1cpu": "1", "x86_64-4cpu": "4"}.get(column, "2")
     for variant in ("base", "uaf-inject"):
         m = meta(run_dir, column, variant)
         assert m["profile"] == column and m["counts"]["fail"] == m["counts"]["error"] == 0, m
@@ -70,13 +73,16 @@ def test_each_profile_ran_both_variants_on_its_own_machine(run_dir: Path, column
     assert not [r for r in meta(run_dir, column, "base")["reports"] if r["test"]]
 
 
-def test_the_mte_kernel_runs_hardware_tag_based_kasan(run_dir: Path) -> None:
-    target = run_dir / "targets" / "v7.3-rc7__arm64-mte__base"
+@pytest.mark.parametrize(("column", "mode"), [("arm64-mte", "hw-tags, mode=sync"),
+                                              ("arm64-swtags", "sw-tags")])
+def test_the_tag_based_profiles_run_their_kasan_mode(run_dir: Path, column: str,
+                                                     mode: str) -> None:
+    target = run_dir / "targets" / f"v7.3-rc7__{column}__base"
     console = (target / "console.log").read_text(errors="replace")
-    assert "KernelAddressSanitizer initialized (hw-tags, mode=sync" in console, console[-3000:]
+    assert f"KernelAddressSanitizer initialized ({mode}" in console, console[-3000:]
 
 
-@pytest.mark.parametrize("column", ["x86_64-1cpu", "x86_64-4cpu", "arm64-mte"])
+@pytest.mark.parametrize("column", COLUMNS)
 def test_the_injected_use_after_free_shows_with_the_same_signatures(
         run_dir: Path, column: str) -> None:
     reports = meta(run_dir, column, "uaf-inject")["reports"]
