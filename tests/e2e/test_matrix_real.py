@@ -80,7 +80,7 @@ def test_every_target_of_the_default_lab_ran_as_expected(
     # report for the tests it left blind and the rest (KASAN reports once per boot):
     # python, its race, C, C's two races, the sleepable race alone. A boot that printed
     # the lab's known early-boot KASAN report (known_reports) is blind from the start:
-    # on those kernels it costs one boot more.
+    # on any kernel it costs one boot more (a base kernel under load took two).
     boots = 0
     for target in sorted((run_dir / "targets").iterdir()):
         meta = json.loads((target / "metadata.json").read_text())
