@@ -3,6 +3,7 @@ there, when it counts as back, and the words for a machine that is not."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,19 @@ def test_a_machine_that_does_not_come_back_is_power_cycled_home(
     with boot(tmp_path, machine(power_cycle="pdu --outlet 3 cycle")) as guest:
         assert guest.outcome.reason.endswith("power-cycled: back on 6.1.0-57-amd64")
     assert cycled == ["pdu --outlet 3 cycle"] and box.release == "6.1.0-57-amd64"
+
+
+def test_a_console_command_is_followed_into_console_log_and_watched(tmp_path: Path) -> None:
+    console = remote.RemoteConsole(tmp_path, "box")
+    with console:
+        console.run_command(["printf", "[    1.0] Linux version 6.1.192 (x)\\n"
+                             "[    2.0] bpflab: begin t.py::test_a\\n"])
+        deadline = time.monotonic() + 10
+        while not console.console_closed() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert console.console_closed()
+    assert console.report().kernel_release == "6.1.192"
+    running = console.running_test()
+    assert running is not None and running[0] == "t.py::test_a"
+    assert "bpflab: begin t.py::test_a" in (tmp_path / "console.log").read_text()
+    assert console.ended_why().startswith("machine box: its kernel log stream ended")
