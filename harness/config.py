@@ -34,6 +34,7 @@ def shared_cache() -> Path:
 BASE_CONFIGS = ("tinyconfig", "defconfig", "allnoconfig")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 SERIES_RE = re.compile(r"[0-9]+\.[0-9]+")
+QEMU_VERSION_RE = re.compile(r"[0-9]+\.[0-9]+(\.[0-9]+)?")
 SERIES_FIELD = "{series}"  # in a variant's patch path: the kernel's series
 
 # The one vocabulary of guest accelerators and inits: QEMU's -accel argument and the
@@ -122,6 +123,7 @@ class Profile:
     why: str = ""
     series: tuple[str, ...] = ()  # only kernels of these series (its fragment's reach)
     remote: Remote | None = None  # a real machine over SSH, not a QEMU guest
+    qemu_min: str = ""  # the oldest QEMU whose emulation this machine needs ("" any)
 
     def runs_on(self, series: str) -> bool:
         return not self.series or series in self.series
@@ -703,9 +705,13 @@ def load_profiles(path: Path = PROFILES_FILE,
             if not SERIES_RE.fullmatch(one):
                 raise ConfigError(t.file, f"{t.key('series')}[{j}]",
                                   f"a kernel series such as \"6.12\" or \"7.3\", got {one!r}")
+        qemu_min = t.take("qemu_min", str, "")
+        if qemu_min and not QEMU_VERSION_RE.fullmatch(qemu_min):
+            raise ConfigError(t.file, t.key("qemu_min"), f"a QEMU version such as \"10.0\", "
+                              f"got {qemu_min!r}")
         t.done()
         profile = Profile(str(name), arch, ",".join([machine, *options]), cpu, smp, memory,
-                          cmdline, frag_path, why, series)
+                          cmdline, frag_path, why, series, qemu_min=qemu_min)
         if str(name) == arch.name and replace(profile, why="") != base:
             raise ConfigError(t.file, str(name), "the arch's own profile, as arches.yaml "
                               "gives it: another name for another machine")

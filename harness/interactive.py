@@ -13,13 +13,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.boot import BootedGuest, boot, prepare_kit
-from harness.config import GuestSettings
+from harness.config import GuestSettings, shared_cache
 from harness.errors import LabError, UserError
 from harness.main import Session
 from harness.model import Selection, Target, TaskResult, Verdict
 from harness.ssh import Endpoint, GuestSSH
 from harness.model import Status
 from harness.qemu import machine_of
+from harness.emulator import qemu_for
 from harness.results import write_json
 
 
@@ -77,7 +78,8 @@ def boot_task(session: Session, arch: str, commit: str | None, variant: str,
     kit = prepare_kit(session.lab.workdir, target.arch, result.image, settings, session.ops)
     settings = replace(settings, cmdline_extra=settings.cmdline_extra + target.machine.cmdline)
     with boot(kit, result.image, settings, ops=session.ops,
-              machine=machine_of(target.machine)) as guest:
+              machine=machine_of(target.machine, qemu_for(session.ops, target.machine,
+                                                            shared_cache()))) as guest:
         o = guest.outcome
         print(f"boot: {o.state.value} ({o.reason}); accel {o.accel}, first output "
               f"{_secs(o.first_output_s)}, ssh {_secs(o.ssh_ready_s)}, kernel "

@@ -59,7 +59,7 @@ def fingerprint(builder: Builder, target: Target, shared: bytes, session: Sessio
                    session.lab.known_reports)).encode())
     m = target.machine
     h.update(json.dumps([asdict(session.lab.guest), asdict(session.lab.limits),
-                         [m.machine, m.cpu, m.smp, m.memory, list(m.cmdline)]],
+                         [m.machine, m.cpu, m.smp, m.memory, list(m.cmdline), m.qemu_min]],
                         sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 

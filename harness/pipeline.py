@@ -14,7 +14,8 @@ from typing import Callable, ContextManager, Sequence
 from harness import commits, junit, kreport, presence
 from harness.boot import BootedGuest, BootFn, GuestKit, prepare_kit
 from harness.build import BuildResult
-from harness.config import Arch, GuestSettings, Lab
+from harness.config import Arch, GuestSettings, Lab, Profile, shared_cache
+from harness.emulator import Qemu, qemu_for
 from harness.errors import LabError
 from harness.junit import Case
 from harness.keys import ensure_lab_key
@@ -66,12 +67,22 @@ class Kits:
     def __init__(self, lab: Lab, ops: Ops, prepare: Prepare = prepare_kit) -> None:
         self.lab, self.ops, self.prepare = lab, ops, prepare
         self._kits: dict[str, GuestKit] = {}
+        self._qemu: dict[str, Qemu] = {}
 
     def get(self, arch: Arch, kernel: Path) -> GuestKit:
         if arch.name not in self._kits:
             self._kits[arch.name] = self.prepare(self.lab.workdir, arch, kernel,
                                                  self.lab.guest, self.ops)
         return self._kits[arch.name]
+
+    def qemu(self, profile: Profile) -> Qemu | None:
+        """The QEMU for the profile's guests when it needs a newer one than the arch's
+        (fetched once into the shared cache), else None: the arch's own."""
+        if not profile.qemu_min:
+            return None
+        if profile.name not in self._qemu:
+            self._qemu[profile.name] = qemu_for(self.ops, profile, shared_cache())
+        return self._qemu[profile.name]
 
     def lab_key(self) -> Path:
         """The lab's private key: what a real machine accepts unless its entry names
@@ -196,7 +207,8 @@ def _booted(ctx: Guests, target: Target, kit: GuestKit | None, build: BuildResul
                           str(build.meta.get("kernel_release", "")), settings, run_dir,
                           ctx.kits.lab_key())
     assert kit is not None
-    return ctx.boot(kit, build.image, settings, run_dir, machine=machine_of(profile))
+    return ctx.boot(kit, build.image, settings, run_dir,
+                    machine=machine_of(profile, ctx.kits.qemu(profile)))
 
 
 def _one_boot(ctx: Guests, target: Target, kit: GuestKit | None, build: BuildResult,

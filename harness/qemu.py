@@ -10,10 +10,13 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from harness.config import ACCEL_ARGS, INIT_PATHS, Arch, Profile
 from harness.errors import UserError
+
+if TYPE_CHECKING:
+    from harness.emulator import Qemu
 
 LEAN_INIT = INIT_PATHS["lean"]
 
@@ -33,13 +36,17 @@ class Machine:
     firmware: Path | None = None  # None: QEMU's default for the machine type
     type: str = ""  # QEMU -machine with its options; "" the arch's (arches.yaml)
     cpu: str = ""  # "" the arch's
+    qemu: str = ""  # the QEMU binary; "" the arch's (arches.yaml)
+    datadir: Path | None = None  # that QEMU's firmware and ROMs (-L); None its own
 
 
-def machine_of(profile: Profile) -> Machine:
-    """The guest a machine profile describes, with this host's fast firmware."""
+def machine_of(profile: Profile, qemu: Qemu | None = None) -> Machine:
+    """The guest a machine profile describes, with this host's fast firmware, on the
+    QEMU chosen for it (harness.emulator; None: the arch's)."""
     path = FAST_FIRMWARE.get(profile.machine.split(",")[0])
     return Machine(profile.smp, profile.memory, path if path and path.is_file() else None,
-                   profile.machine, profile.cpu)
+                   profile.machine, profile.cpu,
+                   qemu.binary if qemu else "", qemu.datadir if qemu else None)
 
 
 def fast_firmware(arch: Arch) -> Path | None:
@@ -78,8 +85,9 @@ def qemu_argv(arch: Arch, kernel: Path, rootfs: Path | None, *, ssh_port: int,
 
     The console is QEMU's stdout (the Guest timestamps it); QEMU's own monitor and
     display are off, QMP listens on a unix socket for a clean 'quit'."""
-    argv = [arch.qemu_binary, "-nodefaults", "-no-reboot", "-display", "none",
-            "-monitor", "none",
+    argv = [machine.qemu or arch.qemu_binary, "-nodefaults", "-no-reboot",
+            *(["-L", str(machine.datadir)] if machine.datadir else []),
+            "-display", "none", "-monitor", "none",
             "-machine", machine.type or arch.machine, "-cpu", machine.cpu or arch.cpu,
             "-accel", accel_arg(accel),
             "-smp", str(machine.smp), "-m", machine.memory,

@@ -43,6 +43,7 @@ def test_the_shipped_profiles_describe_their_machines() -> None:
     ("arch: x86_64\ncmdline: ['a b']", "odd.cmdline[0]", "one argument"),
     ("arch: x86_64\nsmpp: 2", "odd.smpp", ""),
     ("arch: arm64\nseries: ['six']", "odd.series[0]", "a kernel series"),
+    ("arch: arm64\nqemu_min: ten", "odd.qemu_min", "a QEMU version such as"),
 ])
 def test_a_bad_profile_is_an_error_naming_file_and_key(tmp_path: Path, entry: str,
                                                        key: str, expected: str) -> None:

@@ -1,9 +1,11 @@
 """End to end on machine profiles (lab.profiles.yaml): the default lab's 7.3-rc7 on a
-1-vCPU and a 4-vCPU x86_64 machine (the arch's kernels, nothing built anew) and on
-arm64 with emulated MTE, its kernel built with hardware tag-based KASAN (one cold
-build). The variants' expectations must hold on each machine and KASAN mode: the
-base kernels are clean; the injected use-after-free (8766733641 reverted) shows on
-every reproducer, races included, with generic KASAN's signatures."""
+1-vCPU and a 4-vCPU x86_64 machine (the arch's kernels, nothing built anew), on arm64
+with emulated MTE (on QEMU 10 from Debian's backports when the host's is older: QEMU
+7.2 keeps no tag per granule), its kernel built with hardware tag-based KASAN, and with
+software tag-based KASAN. The variants' expectations must hold on each machine and
+KASAN mode: the base kernels are clean; the injected use-after-free (8766733641
+reverted) shows on every deterministic reproducer and on the races won, with generic
+KASAN's signatures."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import pytest
 import yaml
 
 from harness import junit, matrix
-from harness.config import load_lab
+from harness.config import load_lab, load_profiles
+from harness.emulator import at_least, installed_version
 from harness.main import Session
 from harness.model import Selection, Status
 from harness.ops import Ops
@@ -70,6 +73,9 @@ def test_each_profile_ran_both_variants_on_its_own_machine(run_dir: Path, column
             if column == "arm64-mte":
                 assert argv[argv.index("-machine") + 1] == "virt,mte=on"
                 assert "kasan.mode=sync" in argv[argv.index("-append") + 1]
+                # a QEMU whose MTE keeps a tag per granule (the host's or a backport)
+                assert at_least(installed_version(Ops(), argv[0]),
+                                load_profiles()["arm64-mte"].qemu_min), argv[0]
     assert not [r for r in meta(run_dir, column, "base")["reports"] if r["test"]]
 
 
@@ -93,17 +99,23 @@ def test_the_injected_use_after_free_shows_with_the_same_signatures(
         assert by_test.get(test) == "KASAN: use-after-free Read in array_map_update_elem", \
             (column, reports)
     # the races: a use-after-free each, wherever the other CPU was; on one vCPU the
-    # Python race cannot run at all (it skips, saying so) and a C race may not be won
-    # within its bounds (it skips, saying so): neither is then demanded a report
+    # Python race cannot run at all (it skips, saying so), and a C race may not be won
+    # within its bounds on any machine (it skips, saying so; measured: the kprobe race
+    # on 1 vCPU and once under emulated MTE): neither is then demanded a report, but
+    # every machine shows at least one race's use-after-free
     cases = {c.test_id: c for c in junit.stored_cases(
         run_dir / "targets" / f"v7.3-rc7__{column}__uaf-inject" / "junit.xml")}
+    won = 0
     for test in RACES:
         case = junit.case_for(test, list(cases.values()))
         assert case is not None, (test, sorted(cases))
-        if column == "x86_64-1cpu" and case.status is Status.SKIP:
-            assert test.startswith("map_in_map::") or "one CPU" in case.message, case
+        if case.status is Status.SKIP:
+            assert (test.startswith("map_in_map::") and "not won within the bounds" in
+                    case.message) or (column == "x86_64-1cpu" and "one CPU" in case.message), case
             continue
         assert column != "x86_64-1cpu" or test.startswith("map_in_map::"), case
         assert by_test.get(test, "").startswith("KASAN: use-after-free "), (column, reports)
+        won += 1
+    assert won >= 1, (column, reports)
     health = cases["lab::kernel-health"]
     assert health.status is Status.PASS, health.message
