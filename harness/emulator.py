@@ -109,6 +109,19 @@ def qemu_for(ops: Ops, profile: Profile, cache: Path,
         return _unpack(ops, apt, root, package, version, binary)
 
 
+def described(ops: Ops, profile: Profile, cache: Path) -> str:
+    """What the run's facts say of the QEMU a profile with a qemu_min boots on,
+    without fetching anything."""
+    host = installed_version(ops, profile.arch.qemu_binary)
+    if at_least(host, profile.qemu_min):
+        return host
+    found = _unpacked(cache / "qemu", profile.arch.qemu_binary, profile.qemu_min)
+    if found is not None:
+        return f"{found.version}, from Debian's backports ({found.binary})"
+    return (f"{profile.qemu_min} or newer from Debian's backports, fetched at the first "
+            f"boot (the host's is {host or 'not installed'})")
+
+
 def _unpacked(root: Path, binary: str, need: str) -> Qemu | None:
     """The newest QEMU already unpacked under root that is at least need."""
     best: tuple[tuple[int, ...], Path] | None = None

@@ -13,10 +13,10 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness import catalog, engine, junit, report
+from harness import catalog, emulator, engine, junit, report
 from harness.build import Builder, compiler_version
-from harness.config import PROJECT, Arch
-from harness.errors import LabError
+from harness.config import PROJECT, shared_cache
+from harness.emulator import installed_version
 from harness.main import Session
 from harness.model import Selection, Stage, Status, Target, Verdict
 from harness.pipeline import Context
@@ -107,21 +107,17 @@ def run_facts(session: Session, targets: list[Target]) -> dict[str, object]:
     """What a reader of the page needs to trust or reproduce it: the lab, when, where,
     and the tools' versions (the accelerator is per target, in its metadata)."""
     arches = sorted({t.arch.name: t.arch for t in targets}.items())
-
-    def qemu(arch: Arch) -> str:
-        try:
-            done = session.ops.run([arch.qemu_binary, "--version"], check=False, quiet=True)
-        except LabError:  # not installed
-            return "not found"
-        lines = done.stdout.splitlines()
-        return lines[0].strip() if done.returncode == 0 and lines else "not found"
+    pinned = sorted({t.machine.name: t.machine for t in targets if t.machine.qemu_min}.items())
+    qemu = {name: installed_version(session.ops, a.qemu_binary) or "not found"
+            for name, a in arches}
+    qemu.update({name: emulator.described(session.ops, p, shared_cache()) for name, p in pinned})
 
     uname = os.uname()
     return {"lab": str(session.lab.path), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC",
                                                                    time.gmtime()),
             "host": f"{uname.nodename}, Linux {uname.release} {uname.machine}, "
                     f"{os.cpu_count()} CPUs",
-            "qemu": {name: qemu(a) for name, a in arches},
+            "qemu": qemu,
             "compiler": {name: compiler_version(session.ops, a) for name, a in arches},
             "targets": len(targets)}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import load_profiles
-from harness.emulator import PACKAGES, at_least, qemu_for, version_of
+from harness.emulator import PACKAGES, at_least, described, qemu_for, version_of
 from harness.errors import UserError
 from harness.ops import Ops
 from harness.qemu import Machine, machine_of, qemu_argv
@@ -173,3 +173,18 @@ def test_the_arch_qemu_stays_on_every_other_profiles_command_line(tmp_path: Path
                          qmp_socket=tmp_path / "qmp", machine=machine_of(p))
         assert argv[0] == p.arch.qemu_binary and "-L" not in argv
     assert Machine().qemu == "" and replace(MTE, qemu_min="").qemu_min == ""
+
+
+def test_the_run_facts_name_the_qemu_a_pinned_profile_boots_on_without_fetching_it(
+        tmp_path: Path, on_path) -> None:  # type: ignore[no-untyped-def]
+    on_path("7.2.22")
+    cache = tmp_path / "cache"
+    assert described(Ops(), MTE, cache) == ("10.0 or newer from Debian's backports, fetched "
+                                            "at the first boot (the host's is QEMU emulator "
+                                            "version 7.2.22 (fake))")
+    assert not (cache / "qemu").exists()
+    found = qemu_for(Ops(), MTE, cache, lambda root: backports(tmp_path, "1:10.0.2+ds-2~bpo12+1"))
+    assert described(Ops(), MTE, cache) == f"{found.version}, from Debian's backports " \
+                                           f"({found.binary})"
+    on_path("10.2.0")
+    assert described(Ops(), MTE, cache) == "QEMU emulator version 10.2.0 (fake)"
