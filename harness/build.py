@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from harness import kconfig
 from harness.errors import ConfigError
@@ -164,11 +164,13 @@ class Builder:
     def fragments(self) -> list[Path]:
         return list(self.lab.build.fragments)
 
-    def frags_for(self, arch: Arch, series: str = "", machine: Path | None = None) -> list[Path]:
+    def frags_for(self, arch: Arch, series: str = "",
+                  machine: Sequence[Path] = ()) -> list[Path]:
         """The lab's fragments, the arch's, the series layers (kernels/series.yaml),
-        then the machine profile's (a KASAN mode, say), which has the last word."""
+        then the machine profile's for the series (a KASAN mode, say), which have the
+        last word."""
         layers = [s.fragment for s in self.layers if s.covers(series)]
-        return self.fragments + [arch.fragment] + layers + ([machine] if machine else [])
+        return self.fragments + [arch.fragment] + layers + list(machine)
 
     def jobs(self) -> int:
         return self.lab.build.jobs or os.cpu_count() or 1
@@ -178,8 +180,9 @@ class Builder:
         extra = [target.commit.tree, arch.name, self.lab.build.base,
                  compiler_version(self.ops, arch), str(self.lab.build.ccache),
                  repr(sorted(KBUILD_ENV.items()))]
-        frags = kconfig.fingerprint(self.frags_for(arch, self.series(target),
-                                                   target.machine.fragment) +
+        series = self.series(target)
+        frags = kconfig.fingerprint(self.frags_for(arch, series,
+                                                   target.machine.fragments(series)) +
                                     list(self.patches(target)), extra)
         return f"{arch.name}-{frags}"
 
@@ -285,8 +288,9 @@ class Builder:
             if why:
                 return BuildResult(target, Status.FAIL, key, log, errors=(why,))
         progress.set_stage("configure")
-        errors = self._configure(target.arch, bdir, log, self.series(target),
-                                 target.machine.fragment)
+        series = self.series(target)
+        errors = self._configure(target.arch, bdir, log, series,
+                                 target.machine.fragments(series))
         if errors:
             progress.finish(f"config error: {'; '.join(errors)}")
             return BuildResult(target, Status.FAIL, key, log, errors=tuple(errors))
@@ -334,7 +338,7 @@ class Builder:
         return self.ops.run(["ccache", *args], env=self._env(), check=False, quiet=True).stdout
 
     def _configure(self, arch: Arch, bdir: Path, log: Path, series: str = "",
-                   machine: Path | None = None) -> list[str]:
+                   machine: Sequence[Path] = ()) -> list[str]:
         """base config + fragments (merge_config.sh) + olddefconfig, then check every
         requested option; returns what went wrong. An unchanged .config keeps its
         mtime, so a reconfigure alone causes no rebuild."""

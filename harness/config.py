@@ -124,9 +124,17 @@ class Profile:
     series: tuple[str, ...] = ()  # only kernels of these series (its fragment's reach)
     remote: Remote | None = None  # a real machine over SSH, not a QEMU guest
     qemu_min: str = ""  # the oldest QEMU whose emulation this machine needs ("" any)
+    # what one series needs on top of the fragment, e.g. ("6.12", .../kasan-hw-tags-6.12.config)
+    series_fragments: tuple[tuple[str, Path], ...] = ()
 
     def runs_on(self, series: str) -> bool:
         return not self.series or series in self.series
+
+    def fragments(self, series: str) -> list[Path]:
+        """The Kconfig the profile's kernel of this series adds to the lab's."""
+        if self.fragment is None:
+            return []
+        return [self.fragment] + [f for s, f in self.series_fragments if s == series]
 
     @property
     def flavour(self) -> str:
@@ -705,13 +713,27 @@ def load_profiles(path: Path = PROFILES_FILE,
             if not SERIES_RE.fullmatch(one):
                 raise ConfigError(t.file, f"{t.key('series')}[{j}]",
                                   f"a kernel series such as \"6.12\" or \"7.3\", got {one!r}")
+        by_series = []
+        for one, file in t.take("series_fragments", dict, {}).items():
+            key = f"{t.key('series_fragments')}.{one}"
+            if not isinstance(one, str) or not SERIES_RE.fullmatch(one):
+                raise ConfigError(t.file, key, f"a kernel series in quotes such as \"6.12\" "
+                                  f"(YAML reads 6.10 as 6.1), got {one!r}")
+            if frag_path is None:
+                raise ConfigError(t.file, key, "a fragment of the profile's own first "
+                                  "(series_fragments add to it)")
+            if not isinstance(file, str) or not (path.parent / file).is_file():
+                raise ConfigError(t.file, key, f"an existing Kconfig fragment next to "
+                                  f"{path.name}, got {file!r}")
+            by_series.append((str(one), path.parent / file))
         qemu_min = t.take("qemu_min", str, "")
         if qemu_min and not QEMU_VERSION_RE.fullmatch(qemu_min):
             raise ConfigError(t.file, t.key("qemu_min"), f"a QEMU version such as \"10.0\", "
                               f"got {qemu_min!r}")
         t.done()
         profile = Profile(str(name), arch, ",".join([machine, *options]), cpu, smp, memory,
-                          cmdline, frag_path, why, series, qemu_min=qemu_min)
+                          cmdline, frag_path, why, series, qemu_min=qemu_min,
+                          series_fragments=tuple(by_series))
         if str(name) == arch.name and replace(profile, why="") != base:
             raise ConfigError(t.file, str(name), "the arch's own profile, as arches.yaml "
                               "gives it: another name for another machine")

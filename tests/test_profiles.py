@@ -44,6 +44,10 @@ def test_the_shipped_profiles_describe_their_machines() -> None:
     ("arch: x86_64\nsmpp: 2", "odd.smpp", ""),
     ("arch: arm64\nseries: ['six']", "odd.series[0]", "a kernel series"),
     ("arch: arm64\nqemu_min: ten", "odd.qemu_min", "a QEMU version such as"),
+    ("arch: arm64\nseries_fragments: {6.10: x.config}", "odd.series_fragments.6.1",
+     "in quotes"),
+    ("arch: arm64\nseries_fragments: {'6.12': x.config}", "odd.series_fragments.6.12",
+     "a fragment of the profile's own first"),
 ])
 def test_a_bad_profile_is_an_error_naming_file_and_key(tmp_path: Path, entry: str,
                                                        key: str, expected: str) -> None:
@@ -53,6 +57,25 @@ def test_a_bad_profile_is_an_error_naming_file_and_key(tmp_path: Path, entry: st
         load_profiles(path)
     assert err.value.path == str(path) and err.value.key == key
     assert expected in str(err.value)
+
+
+def test_a_series_fragment_must_exist_next_to_the_profiles(tmp_path: Path) -> None:
+    (tmp_path / "tags.config").write_text("CONFIG_KASAN=y\n")
+    path = tmp_path / "profiles.yaml"
+    path.write_text("odd:\n  arch: arm64\n  fragment: tags.config\n"
+                    "  series_fragments: {'6.12': nowhere.config}\n")
+    with pytest.raises(ConfigError) as err:
+        load_profiles(path)
+    assert err.value.key == "odd.series_fragments.6.12" and "an existing" in str(err.value)
+
+
+def test_a_series_gets_its_own_fragment_after_the_profiles_and_no_other_does() -> None:
+    mte = load_profiles()["arm64-mte"]
+    assert [f.name for f in mte.fragments("6.12")] == ["kasan-hw-tags.config",
+                                                       "kasan-hw-tags-6.12.config"]
+    assert [f.name for f in mte.fragments("7.3")] == ["kasan-hw-tags.config"]
+    assert "CONFIG_ARM64_PAN=y" in mte.fragments("6.12")[1].read_text()
+    assert load_profiles()["x86_64-4cpu"].fragments("6.12") == []
 
 
 def test_an_arch_named_profile_must_be_the_archs_own_machine(tmp_path: Path) -> None:
@@ -117,7 +140,7 @@ def test_profiles_share_the_kernel_unless_their_fragment_differs(
     arm = type(tags)(tags.commit, tags.arch, tags.variant)  # the arch's own machine
     assert builder.key(tags) != builder.key(arm)
     assert builder.dir_for(tags).name.endswith("-kasan-sw-tags")
-    assert builder.frags_for(tags.arch, "", tags.machine.fragment)[-1].name == \
+    assert builder.frags_for(tags.arch, "", tags.machine.fragments(""))[-1].name == \
         "kasan-sw-tags.config"
 
 
