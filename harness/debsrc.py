@@ -26,6 +26,11 @@ class AptSource:
     components: tuple[str, ...]
     signed_by: str
 
+    def deb822(self) -> str:
+        """This source as a paragraph of a .sources file."""
+        return (f"Types: deb\nURIs: {self.uri}\nSuites: {' '.join(self.suites)}\n"
+                f"Components: {' '.join(self.components)}\nSigned-By: {self.signed_by}\n")
+
 
 def _deb822_paragraphs(text: str) -> list[dict[str, str]]:
     paras: list[dict[str, str]] = []
@@ -99,10 +104,7 @@ def private_sources(host: list[AptSource], codename: str) -> str:
                        "Debian's archive to download kernel sources from")
     base = archive[0]
     entries = debian + [AptSource(base.uri, EXTRA_SUITES, base.components, base.signed_by)]
-    return "\n".join(
-        f"Types: deb\nURIs: {s.uri}\nSuites: {' '.join(s.suites)}\n"
-        f"Components: {' '.join(s.components)}\nSigned-By: {s.signed_by}\n"
-        for s in entries)
+    return "\n".join(s.deb822() for s in entries)
 
 
 class Archive(Protocol):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -72,8 +72,7 @@ def backports_archive(ops: Ops, root: Path) -> PrivateApt:
                        "Debian's archive to download a newer QEMU from")
     base = hosts[0]
     apt = PrivateApt(root, ops)
-    apt.prepare(f"Types: deb\nURIs: {base.uri}\nSuites: {codename}-backports\n"
-                f"Components: {' '.join(base.components)}\nSigned-By: {base.signed_by}\n")
+    apt.prepare(replace(base, suites=(f"{codename}-backports",)).deb822())
     return apt
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from harness import catalog, emulator, engine, junit, report
 from harness.build import Builder, compiler_version
 from harness.config import PROJECT, shared_cache
-from harness.emulator import installed_version
 from harness.main import Session
 from harness.model import Selection, Stage, Status, Target, Verdict
 from harness.pipeline import Context
@@ -108,7 +107,7 @@ def run_facts(session: Session, targets: list[Target]) -> dict[str, object]:
     and the tools' versions (the accelerator is per target, in its metadata)."""
     arches = sorted({t.arch.name: t.arch for t in targets}.items())
     pinned = sorted({t.machine.name: t.machine for t in targets if t.machine.qemu_min}.items())
-    qemu = {name: installed_version(session.ops, a.qemu_binary) or "not found"
+    qemu = {name: emulator.installed_version(session.ops, a.qemu_binary) or "not found"
             for name, a in arches}
     qemu.update({name: emulator.described(session.ops, p, shared_cache()) for name, p in pinned})
 
